@@ -1,0 +1,572 @@
+//! Deploy: make the destination equal to a staged commit, touching only
+//! what changed and only what gitreload manages.
+//!
+//! Promises:
+//! - Files are compared by content (SHA-256), exec bit, permissions and link
+//!   target; never by size and mtime. A stat stamp recorded at the last
+//!   deploy lets an unchanged file be recognised without rehashing; any
+//!   stamp mismatch falls back to hashing.
+//! - Each changed file is written to a temp file in its own directory,
+//!   fsynced, then renamed over the old one: a reader sees the old or the new
+//!   content, never half of either.
+//! - Files in the destination that gitreload did not put there are never
+//!   touched. The manifest in the state directory records what it manages.
+//! - A deploy that fails midway (disk full, read-only volume) is rolled
+//!   back: renamed files are put back from hard-linked backups, new files
+//!   removed, temp files deleted; the destination is again the last good
+//!   commit.
+//! - A deploy cut off by a crash is detected on the next start through the
+//!   journal: leftovers are cleaned and the next deploy rehashes everything.
+//! - This stage never talks to the network and never runs the checker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::git::CommitId;
+use crate::materialize::{FileKind, Staged};
+use crate::settings::Owner;
+use crate::state::{self, StateError};
+
+/// Prefix of gitreload's temp and backup files in the destination.
+pub const LEFTOVER_PREFIX: &str = ".gitreload-";
+
+/// What the destination should look like at the stat level, so that an
+/// unchanged file is known without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        }
+    }
+}
+
+/// One managed path as last deployed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Managed {
+    #[serde(flatten)]
+    pub kind: FileKind,
+    pub stamp: Option<Stamp>,
+}
+
+/// What gitreload last deployed: the commit and every file it manages.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub commit: CommitId,
+    pub resolved_ref: String,
+    pub files: BTreeMap<String, Managed>,
+}
+
+/// Written before the first change to the destination, removed after the
+/// manifest is saved: its presence means a deploy was cut off.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Journal {
+    pub commit: CommitId,
+    /// Every path the interrupted deploy may have written or still managed.
+    pub paths: BTreeSet<String>,
+}
+
+/// How the destination is compared with the staged tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Trust the manifest's hash when the file's stat stamp is unchanged.
+    Stamp,
+    /// Hash every file (after a crash, when the manifest is lost, and on
+    /// the periodic full verification).
+    Hash,
+}
+
+/// Permissions and ownership of what gitreload creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub file_mode: u32,
+    pub owner: Option<Owner>,
+}
+
+impl Options {
+    fn mode_of(&self, executable: bool) -> u32 {
+        if executable {
+            self.file_mode | ((self.file_mode & 0o444) >> 2)
+        } else {
+            self.file_mode
+        }
+    }
+    fn dir_mode(&self) -> u32 {
+        self.file_mode | ((self.file_mode & 0o444) >> 2) | 0o700
+    }
+}
+
+/// What a deploy changed.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub written: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// Why a deploy failed. The destination was rolled back unless
+/// `rolled_back` says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+        rolled_back: bool,
+    },
+    #[error("{path} is a directory in the destination but a file in commit {commit}; remove it by hand")]
+    Conflict { path: PathBuf, commit: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The files in the state directory that belong to this stage.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub manifest: PathBuf,
+    pub journal: PathBuf,
+}
+
+impl Records {
+    pub fn in_dir(state_dir: &Path) -> Records {
+        Records {
+            manifest: state_dir.join("manifest.json"),
+            journal: state_dir.join("deploy.journal"),
+        }
+    }
+
+    /// The last manifest, or `None` when there is none (or it is unreadable,
+    /// which is logged and then treated as none: the destination is rehashed).
+    pub fn load_manifest(&self) -> Option<Manifest> {
+        match state::read(&self.manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "manifest ignored");
+                None
+            }
+        }
+    }
+
+    pub fn load_journal(&self) -> Option<Journal> {
+        state::read(&self.journal).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "journal unreadable; treating the last deploy as cut off");
+            Some(Journal {
+                commit: CommitId::parse(&"0".repeat(40)).expect("zero id"),
+                paths: BTreeSet::new(),
+            })
+        })
+    }
+}
+
+/// One applied change, kept to undo it.
+enum Undo {
+    /// `path` was replaced; the old entry is hard-linked at `backup`.
+    Replaced { path: PathBuf, backup: PathBuf },
+    /// `path` did not exist before.
+    Created { path: PathBuf },
+    /// A managed file was moved aside to make room for a directory.
+    MovedAside { path: PathBuf, backup: PathBuf },
+}
+
+/// Makes `dest` equal to `staged`. `previous` is the last manifest (if any)
+/// and `extra_managed` the paths an interrupted deploy may have left.
+pub fn deploy(
+    staged: &Staged,
+    resolved_ref: &str,
+    dest: &Path,
+    records: &Records,
+    previous: Option<&Manifest>,
+    extra_managed: &BTreeSet<String>,
+    verify: Verify,
+    options: Options,
+) -> Result<(Manifest, Report), DeployError> {
+    std::fs::create_dir_all(dest).map_err(io("creating", dest, true))?;
+    let previous_files = previous.map(|m| &m.files);
+
+    let mut to_write = Vec::new();
+    for (path, kind) in &staged.files {
+        let known = previous_files.and_then(|f| f.get(path));
+        if !matches(&dest.join(path), kind, known, verify, options)? {
+            to_write.push(path.as_str());
+        }
+    }
+    let managed: BTreeSet<&str> = previous_files
+        .into_iter()
+        .flat_map(|f| f.keys())
+        .chain(extra_managed.iter())
+        .map(String::as_str)
+        .collect();
+    let to_delete: Vec<&str> = managed
+        .iter()
+        .copied()
+        .filter(|p| !staged.files.contains_key(*p))
+        .filter(|p| dest.join(p).symlink_metadata().is_ok_and(|m| !m.is_dir()))
+        .collect();
+
+    let mut report = Report::default();
+    if !to_write.is_empty() || !to_delete.is_empty() {
+        state::write(
+            &records.journal,
+            &Journal {
+                commit: staged.commit.clone(),
+                paths: managed
+                    .iter()
+                    .map(|p| p.to_string())
+                    .chain(staged.files.keys().cloned())
+                    .collect(),
+            },
+        )?;
+        let mut undo = Vec::new();
+        let mut dirs = BTreeSet::new();
+        let applied = apply(
+            staged, dest, &to_write, &to_delete, options, &mut undo, &mut dirs,
+        );
+        if let Err(err) = applied {
+            let rolled_back = rollback(undo, dest);
+            if rolled_back {
+                state::remove(&records.journal)?;
+            }
+            return Err(match err {
+                DeployError::Io { op, path, source, .. } => DeployError::Io {
+                    op,
+                    path,
+                    source,
+                    rolled_back,
+                },
+                other => other,
+            });
+        }
+        // Deletes come last: if a write fails, nothing was lost yet.
+        for path in &to_delete {
+            let full = dest.join(path);
+            match std::fs::remove_file(&full) {
+                Ok(()) => report.deleted.push(path.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %full.display(), error = %e, "cannot delete file no longer in the commit")
+                }
+            }
+            remove_empty_parents(dest, &full, &staged.files);
+            if let Some(parent) = full.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        for item in undo {
+            if let Undo::Replaced { backup, .. } | Undo::MovedAside { backup, .. } = item {
+                let _ = std::fs::remove_file(&backup);
+            }
+        }
+        for dir in &dirs {
+            if dir.exists() {
+                state::sync_dir(dir).map_err(io("syncing", dir, false))?;
+            }
+        }
+        report.written = to_write.iter().map(|p| p.to_string()).collect();
+    }
+
+    let mut files = BTreeMap::new();
+    for (path, kind) in &staged.files {
+        let stamp = dest
+            .join(path)
+            .symlink_metadata()
+            .ok()
+            .map(|m| Stamp::of(&m));
+        files.insert(
+            path.clone(),
+            Managed {
+                kind: kind.clone(),
+                stamp,
+            },
+        );
+    }
+    let manifest = Manifest {
+        commit: staged.commit.clone(),
+        resolved_ref: resolved_ref.to_string(),
+        files,
+    };
+    state::write(&records.manifest, &manifest)?;
+    state::remove(&records.journal)?;
+    Ok((manifest, report))
+}
+
+fn io(op: &'static str, path: &Path, rolled_back: bool) -> impl FnOnce(std::io::Error) -> DeployError {
+    let path = path.to_path_buf();
+    move |source| DeployError::Io {
+        op,
+        path,
+        source,
+        rolled_back,
+    }
+}
+
+/// True when the destination entry at `full` already is `kind`.
+fn matches(
+    full: &Path,
+    kind: &FileKind,
+    known: Option<&Managed>,
+    verify: Verify,
+    options: Options,
+) -> Result<bool, DeployError> {
+    let meta = match full.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("inspecting", full, true)(e)),
+    };
+    match kind {
+        FileKind::Symlink { target } => Ok(meta.file_type().is_symlink()
+            && std::fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())),
+        FileKind::File { sha256, executable } => {
+            if !meta.file_type().is_file() {
+                return Ok(false);
+            }
+            if meta.permissions().mode() & 0o7777 != options.mode_of(*executable) {
+                return Ok(false);
+            }
+            if let (Verify::Stamp, Some(known)) = (verify, known) {
+                if known.kind == *kind && known.stamp == Some(Stamp::of(&meta)) {
+                    return Ok(true);
+                }
+            }
+            Ok(hash_file(full).is_ok_and(|h| h == *sha256))
+        }
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn temp_name(final_path: &Path, role: &str) -> PathBuf {
+    let name = final_path.file_name().unwrap_or_default().as_encoded_bytes();
+    let digest = hex::encode(&Sha256::digest(name)[..8]);
+    final_path.with_file_name(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
+}
+
+fn apply(
+    staged: &Staged,
+    dest: &Path,
+    to_write: &[&str],
+    to_delete: &[&str],
+    options: Options,
+    undo: &mut Vec<Undo>,
+    dirs: &mut BTreeSet<PathBuf>,
+) -> Result<(), DeployError> {
+    for path in to_write {
+        let full = dest.join(path);
+        let parent = full.parent().unwrap_or(dest).to_path_buf();
+        make_dirs(dest, &parent, to_delete, options, undo)?;
+        let existing = full.symlink_metadata().ok();
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(DeployError::Conflict {
+                path: full,
+                commit: staged.commit.to_string(),
+            });
+        }
+        let tmp = temp_name(&full, "tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let result = write_temp(&staged.dir.join(path), &tmp, &staged.files[*path], options);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("writing", &tmp, true)(e));
+        }
+        if existing.is_some() {
+            let backup = temp_name(&full, "old");
+            let _ = std::fs::remove_file(&backup);
+            if let Err(e) = std::fs::hard_link(&full, &backup) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("backing up", &full, true)(e));
+            }
+            undo.push(Undo::Replaced {
+                path: full.clone(),
+                backup,
+            });
+        } else {
+            undo.push(Undo::Created { path: full.clone() });
+        }
+        if let Err(e) = std::fs::rename(&tmp, &full) {
+            let _ = std::fs::remove_file(&tmp);
+            // The undo entry above refers to a rename that did not happen.
+            match undo.pop() {
+                Some(Undo::Replaced { backup, .. }) => {
+                    let _ = std::fs::remove_file(backup);
+                }
+                _ => {}
+            }
+            return Err(io("renaming into place", &full, true)(e));
+        }
+        dirs.insert(parent);
+    }
+    Ok(())
+}
+
+/// Creates the directories leading to `dir`. A managed file that stands
+/// where a directory must go (and is no longer in the commit) is moved aside.
+fn make_dirs(
+    dest: &Path,
+    dir: &Path,
+    to_delete: &[&str],
+    options: Options,
+    undo: &mut Vec<Undo>,
+) -> Result<(), DeployError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let relative = dir.strip_prefix(dest).unwrap_or(dir);
+    let mut current = dest.to_path_buf();
+    for component in relative.components() {
+        current.push(component);
+        match current.symlink_metadata() {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => {
+                let rel = current.strip_prefix(dest).unwrap_or(&current);
+                if !to_delete.contains(&rel.to_string_lossy().as_ref()) {
+                    return Err(io("creating directory", &current, true)(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that gitreload does not manage is in the way",
+                    )));
+                }
+                let backup = temp_name(&current, "old");
+                std::fs::rename(&current, &backup).map_err(io("moving aside", &current, true))?;
+                undo.push(Undo::MovedAside {
+                    path: current.clone(),
+                    backup,
+                });
+            }
+            Err(_) => {}
+        }
+        std::fs::DirBuilder::new()
+            .mode(options.dir_mode())
+            .create(&current)
+            .map_err(io("creating directory", &current, true))?;
+        set_owner(&current, options.owner).map_err(io("setting owner of", &current, true))?;
+    }
+    Ok(())
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> std::io::Result<()> {
+    match kind {
+        FileKind::Symlink { target } => std::os::unix::fs::symlink(target, tmp),
+        FileKind::File { executable, .. } => {
+            let mode = options.mode_of(*executable);
+            let mut input = File::open(source)?;
+            let mut output = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(tmp)?;
+            std::io::copy(&mut input, &mut output)?;
+            // The umask may have narrowed the mode given at creation.
+            output.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            set_owner(tmp, options.owner)?;
+            output.flush()?;
+            output.sync_all()
+        }
+    }
+}
+
+fn set_owner(path: &Path, owner: Option<Owner>) -> std::io::Result<()> {
+    match owner {
+        Some(o) => std::os::unix::fs::lchown(path, Some(o.uid), o.gid),
+        None => Ok(()),
+    }
+}
+
+/// Undoes applied changes, newest first. Returns false when something could
+/// not be restored (the journal then stays, and the next start rehashes).
+fn rollback(undo: Vec<Undo>, dest: &Path) -> bool {
+    let mut complete = true;
+    for item in undo.into_iter().rev() {
+        let result = match &item {
+            Undo::Replaced { path, backup } | Undo::MovedAside { path, backup } => {
+                std::fs::rename(backup, path)
+            }
+            Undo::Created { path } => std::fs::remove_file(path),
+        };
+        if let Err(e) = result {
+            complete = false;
+            tracing::error!(dest = %dest.display(), error = %e, "rollback step failed");
+        }
+    }
+    complete
+}
+
+fn remove_empty_parents(dest: &Path, removed: &Path, keep: &BTreeMap<String, FileKind>) {
+    let mut dir = removed.parent();
+    while let Some(d) = dir {
+        if d == dest || !d.starts_with(dest) {
+            break;
+        }
+        let rel = d.strip_prefix(dest).unwrap_or(d).to_string_lossy().to_string();
+        let prefix = format!("{rel}/");
+        if keep.keys().any(|k| k.starts_with(&prefix)) {
+            break;
+        }
+        // Fails (and stops) when the directory holds anything else.
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// Removes temp and backup files a crashed deploy left in `dest`. Returns
+/// how many were removed. Symlinked directories are not followed.
+pub fn remove_leftovers(dest: &Path) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(kind) = entry.file_type() else { continue };
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(LEFTOVER_PREFIX) && !kind.is_dir() {
+                if std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            } else if kind.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
+/// Managed paths whose destination entry no longer matches the manifest.
+/// With [`Verify::Stamp`] a file whose stat stamp is unchanged is trusted.
+pub fn drifted(dest: &Path, manifest: &Manifest, verify: Verify, options: Options) -> Vec<String> {
+    manifest
+        .files
+        .iter()
+        .filter(|(path, managed)| {
+            !matches(&dest.join(path), &managed.kind, Some(managed), verify, options).unwrap_or(false)
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}

@@ -1,0 +1,482 @@
+//! Git source: a private bare mirror of the upstream repository, kept in
+//! the state directory, and read-only access to the trees of its commits.
+//!
+//! Promises:
+//! - Nothing outside this module touches gix.
+//! - Every fetch uses forced refspecs and the wanted ref is resolved from
+//!   what the remote advertises *now*, so a force-push, a history rewrite or
+//!   a rollback upstream is followed exactly, and a branch deleted upstream
+//!   is reported as missing instead of served from a stale local ref.
+//! - The mirror never stores the URL (which may carry credentials): the
+//!   remote is anonymous, given at each fetch.
+//! - The mirror does not grow without bound: once it holds more than
+//!   [`MAX_PACKS`] packs it is rebuilt by a fresh fetch and swapped in; a
+//!   mirror that cannot be opened is rebuilt the same way.
+//! - Blocking: every function here blocks; callers run them off the async
+//!   runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::bstr::{BStr, ByteSlice};
+use gix::objs::tree::EntryKind;
+use gix::prelude::FindExt;
+use gix::remote::Direction;
+
+use crate::redact::RepoUrl;
+
+/// A mirror with more packs than this is rebuilt (every fetch that brings
+/// objects adds one pack, and gix does not repack).
+pub const MAX_PACKS: usize = 64;
+
+const REFSPECS: &[&str] = &[
+    "+refs/heads/*:refs/remotes/origin/*",
+    "+refs/tags/*:refs/tags/*",
+];
+
+/// A full commit id, 40 hex digits.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct CommitId(String);
+
+impl CommitId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 7 digits, as git shows them.
+    pub fn short(&self) -> &str {
+        &self.0[..7.min(self.0.len())]
+    }
+    fn oid(&self) -> Result<gix::ObjectId, GitError> {
+        gix::ObjectId::from_hex(self.0.as_bytes()).map_err(|_| GitError::Read {
+            commit: self.0.clone(),
+            message: "not a valid commit id".into(),
+        })
+    }
+    /// Parses a full 40-digit hex id.
+    pub fn parse(text: &str) -> Option<CommitId> {
+        (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| CommitId(text.to_ascii_lowercase()))
+    }
+}
+
+impl std::fmt::Display for CommitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for CommitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What went wrong in the git stage. URLs are always shown redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot prepare the mirror at {path}: {message}")]
+    Mirror { path: PathBuf, message: String },
+    #[error("fetch from {url} failed: {message}")]
+    Fetch { url: String, message: String },
+    #[error("fetch from {url} did not finish within {timeout}")]
+    Timeout { url: String, timeout: String },
+    #[error("ref {reference:?} does not exist at {url} (expected a branch, a tag or a full commit id)")]
+    RefNotFound { reference: String, url: String },
+    #[error("commit {commit} is not reachable from any branch or tag of {url}")]
+    CommitNotFound { commit: String, url: String },
+    #[error("{url} has no default branch (its HEAD is unborn); set GITRELOAD_REF")]
+    NoDefaultBranch { url: String },
+    #[error("reading commit {commit}: {message}")]
+    Read { commit: String, message: String },
+    #[error("directory {subdir:?} does not exist in commit {commit}")]
+    SubdirMissing { subdir: String, commit: String },
+}
+
+/// The result of a fetch: which commit the wanted ref points to now.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub commit: CommitId,
+    /// The full name of the ref that was resolved (`refs/heads/main`), or
+    /// the commit id itself when a commit was asked for.
+    pub resolved_ref: String,
+}
+
+/// One entry of a commit's tree, handed to the visitor of [`Mirror::walk_tree`].
+pub enum Entry<'a> {
+    /// A directory; the visitor says whether to descend into it.
+    Dir { path: &'a BStr },
+    /// A regular file and its content.
+    File {
+        path: &'a BStr,
+        executable: bool,
+        data: &'a [u8],
+    },
+    /// A file larger than the walk's limit; its content was not read.
+    Oversized { path: &'a BStr, size: u64 },
+    /// A symbolic link and its target, as stored.
+    Symlink { path: &'a BStr, target: &'a [u8] },
+    /// A submodule (a commit inside the tree); never materialized.
+    Submodule { path: &'a BStr },
+}
+
+/// The private bare mirror.
+pub struct Mirror {
+    path: PathBuf,
+    url: RepoUrl,
+    /// Extra git config (ssh command, http options) for the transport.
+    config: Vec<String>,
+}
+
+impl Mirror {
+    /// A mirror at `state_dir/mirror.git` of `url`. Nothing is touched yet.
+    pub fn new(state_dir: &Path, url: RepoUrl, config: Vec<String>) -> Mirror {
+        Mirror {
+            path: state_dir.join("mirror.git"),
+            url,
+            config,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn url(&self) -> &RepoUrl {
+        &self.url
+    }
+
+    /// Fetches from upstream and resolves `wanted` (branch, tag, full
+    /// commit id, or `None` for the remote's HEAD). Creates the mirror on
+    /// first use and rebuilds it when it is unreadable or has grown too many
+    /// packs.
+    pub fn fetch(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
+        let repo = match self.open() {
+            Ok(repo) => repo,
+            Err(_) if self.path.exists() => {
+                tracing::warn!(path = %self.path.display(), "mirror unreadable, rebuilding");
+                return self.rebuild(wanted, interrupt);
+            }
+            Err(_) => self.init(&self.path)?,
+        };
+        let fetched = self.fetch_into(&repo, wanted, interrupt)?;
+        if count_packs(&self.path) > MAX_PACKS {
+            tracing::info!(path = %self.path.display(), "compacting mirror");
+            return self.rebuild(wanted, interrupt);
+        }
+        Ok(fetched)
+    }
+
+    /// Fetches into a fresh mirror beside the current one and swaps it in,
+    /// so a failed rebuild leaves the old mirror in place.
+    fn rebuild(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
+        let fresh = self.path.with_extension("new");
+        let old = self.path.with_extension("old");
+        let _ = std::fs::remove_dir_all(&fresh);
+        let _ = std::fs::remove_dir_all(&old);
+        let repo = self.init(&fresh)?;
+        let fetched = self.fetch_into(&repo, wanted, interrupt)?;
+        drop(repo);
+        let swap = || -> std::io::Result<()> {
+            if self.path.exists() {
+                std::fs::rename(&self.path, &old)?;
+            }
+            std::fs::rename(&fresh, &self.path)?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        };
+        swap().map_err(|e| self.mirror_error(format!("swapping in the rebuilt mirror: {e}")))?;
+        Ok(fetched)
+    }
+
+    fn mirror_error(&self, message: String) -> GitError {
+        GitError::Mirror {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn open_options(&self) -> gix::open::Options {
+        gix::open::Options::isolated().config_overrides(self.config.iter().map(String::as_str))
+    }
+
+    fn open(&self) -> Result<gix::Repository, GitError> {
+        gix::open_opts(&self.path, self.open_options())
+            .map_err(|e| self.mirror_error(describe(&e)))
+    }
+
+    fn init(&self, path: &Path) -> Result<gix::Repository, GitError> {
+        std::fs::create_dir_all(path).map_err(|e| self.mirror_error(e.to_string()))?;
+        gix::init_bare(path).map_err(|e| self.mirror_error(describe(&e)))?;
+        gix::open_opts(path, self.open_options()).map_err(|e| self.mirror_error(describe(&e)))
+    }
+
+    fn fetch_error(&self, e: &dyn std::error::Error) -> GitError {
+        GitError::Fetch {
+            url: self.url.redacted(),
+            message: self.url.scrub(&describe(e)),
+        }
+    }
+
+    fn fetch_into(
+        &self,
+        repo: &gix::Repository,
+        wanted: Option<&str>,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, GitError> {
+        let remote = repo
+            .remote_at(self.url.expose())
+            .and_then(|r| r.with_refspecs(REFSPECS.iter().copied(), Direction::Fetch))
+            .map_err(|e| self.fetch_error(&e))?;
+        let connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| self.fetch_error(&e))?;
+        let options = gix::remote::ref_map::Options {
+            // HEAD is not covered by the refspecs but tells the default branch.
+            extra_refspecs: vec![gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
+                .expect("static refspec")
+                .to_owned()],
+            ..Default::default()
+        };
+        let outcome = connection
+            .prepare_fetch(gix::progress::Discard, options)
+            .and_then(|p| p.receive(gix::progress::Discard, interrupt))
+            .map_err(|e| self.fetch_error(&e))?;
+        self.resolve(repo, &outcome.ref_map.remote_refs, wanted)
+    }
+
+    fn resolve(
+        &self,
+        repo: &gix::Repository,
+        refs: &[gix::protocol::handshake::Ref],
+        wanted: Option<&str>,
+    ) -> Result<Fetched, GitError> {
+        use gix::protocol::handshake::Ref;
+        let url = self.url.redacted();
+        let (name, object) = match wanted {
+            Some(text) if CommitId::parse(text).is_some() => {
+                let commit = CommitId::parse(text).expect("checked");
+                let oid = commit.oid()?;
+                let found = repo
+                    .find_object(oid)
+                    .ok()
+                    .and_then(|o| o.peel_to_commit().ok())
+                    .is_some();
+                if !found {
+                    return Err(GitError::CommitNotFound {
+                        commit: commit.to_string(),
+                        url,
+                    });
+                }
+                return Ok(Fetched {
+                    resolved_ref: commit.to_string(),
+                    commit,
+                });
+            }
+            Some(text) => {
+                let candidates: Vec<String> = if text.starts_with("refs/") {
+                    vec![text.to_string()]
+                } else {
+                    vec![format!("refs/heads/{text}"), format!("refs/tags/{text}")]
+                };
+                let found = candidates.iter().find_map(|c| {
+                    refs.iter().find_map(|r| match r {
+                        Ref::Direct { full_ref_name, object } if full_ref_name == c.as_str() => {
+                            Some((c.clone(), *object))
+                        }
+                        Ref::Peeled { full_ref_name, object, .. } if full_ref_name == c.as_str() => {
+                            Some((c.clone(), *object))
+                        }
+                        Ref::Symbolic { full_ref_name, object, .. } if full_ref_name == c.as_str() => {
+                            Some((c.clone(), *object))
+                        }
+                        _ => None,
+                    })
+                });
+                found.ok_or_else(|| GitError::RefNotFound {
+                    reference: text.to_string(),
+                    url,
+                })?
+            }
+            None => refs
+                .iter()
+                .find_map(|r| match r {
+                    Ref::Symbolic { full_ref_name, target, object, .. } if full_ref_name == "HEAD" => {
+                        Some((target.to_string(), *object))
+                    }
+                    Ref::Direct { full_ref_name, object } if full_ref_name == "HEAD" => {
+                        Some(("HEAD".to_string(), *object))
+                    }
+                    _ => None,
+                })
+                .ok_or(GitError::NoDefaultBranch { url })?,
+        };
+        let commit = repo
+            .find_object(object)
+            .and_then(|o| Ok(o.peel_to_commit()?))
+            .map_err(|e| GitError::Read {
+                commit: object.to_string(),
+                message: describe(&e),
+            })?;
+        Ok(Fetched {
+            commit: CommitId(commit.id.to_string()),
+            resolved_ref: name,
+        })
+    }
+
+    /// True when the mirror holds `commit` (e.g. to restore an earlier
+    /// deploy without the network).
+    pub fn has_commit(&self, commit: &CommitId) -> bool {
+        let Ok(repo) = self.open() else { return false };
+        let Ok(oid) = commit.oid() else { return false };
+        let found = repo
+            .find_object(oid)
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok())
+            .is_some();
+        found
+    }
+
+    /// Walks the tree of `commit` below `subdir` (`""` = root), depth first
+    /// in tree order, calling `visit` for each entry. Blobs larger than
+    /// `max_blob_size` are reported as [`Entry::Oversized`] without being
+    /// read. For [`Entry::Dir`] the visitor's `Ok(false)` skips the directory.
+    pub fn walk_tree<E>(
+        &self,
+        commit: &CommitId,
+        subdir: &str,
+        max_blob_size: u64,
+        visit: &mut dyn FnMut(Entry<'_>) -> Result<bool, E>,
+    ) -> Result<Result<(), E>, GitError> {
+        let read_error = |message: String| GitError::Read {
+            commit: commit.to_string(),
+            message,
+        };
+        let repo = self.open()?;
+        let object = repo
+            .find_object(commit.oid()?)
+            .map_err(|e| read_error(describe(&e)))?;
+        let tree = object
+            .peel_to_commit()
+            .and_then(|c| Ok(c.tree()?))
+            .map_err(|e| read_error(describe(&e)))?;
+        let root = if subdir.is_empty() {
+            tree.id
+        } else {
+            let entry = tree
+                .lookup_entry_by_path(subdir)
+                .map_err(|e| read_error(describe(&e)))?;
+            match entry {
+                Some(e) if e.mode().is_tree() => e.object_id(),
+                _ => {
+                    return Err(GitError::SubdirMissing {
+                        subdir: subdir.to_string(),
+                        commit: commit.to_string(),
+                    })
+                }
+            }
+        };
+        let mut walker = Walker {
+            repo: &repo,
+            tree_buf: Vec::new(),
+            blob_buf: Vec::new(),
+            max_blob_size,
+        };
+        let mut path = gix::bstr::BString::default();
+        walker
+            .walk(root, &mut path, visit)
+            .map_err(|e| read_error(describe(e.as_ref())))
+    }
+}
+
+struct Walker<'r> {
+    repo: &'r gix::Repository,
+    tree_buf: Vec<u8>,
+    blob_buf: Vec<u8>,
+    max_blob_size: u64,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Walker<'_> {
+    fn walk<E>(
+        &mut self,
+        tree: gix::ObjectId,
+        path: &mut gix::bstr::BString,
+        visit: &mut dyn FnMut(Entry<'_>) -> Result<bool, E>,
+    ) -> Result<Result<(), E>, BoxError> {
+        let entries: Vec<(EntryKind, gix::bstr::BString, gix::ObjectId)> = {
+            let tree = self.repo.objects.find_tree(&tree, &mut self.tree_buf)?;
+            tree.entries
+                .iter()
+                .map(|e| (e.mode.kind(), e.filename.to_owned(), e.oid.to_owned()))
+                .collect()
+        };
+        for (kind, name, oid) in entries {
+            let base_len = path.len();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let step = match kind {
+                EntryKind::Tree => match visit(Entry::Dir { path: path.as_bstr() }) {
+                    Ok(true) => self.walk(oid, path, visit)?,
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    let size = self.repo.find_header(oid)?.size();
+                    if size > self.max_blob_size {
+                        visit(Entry::Oversized { path: path.as_bstr(), size }).map(|_| ())
+                    } else {
+                        let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
+                        visit(Entry::File {
+                            path: path.as_bstr(),
+                            executable: kind == EntryKind::BlobExecutable,
+                            data: blob.data,
+                        })
+                        .map(|_| ())
+                    }
+                }
+                EntryKind::Link => {
+                    let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
+                    visit(Entry::Symlink {
+                        path: path.as_bstr(),
+                        target: blob.data,
+                    })
+                    .map(|_| ())
+                }
+                EntryKind::Commit => visit(Entry::Submodule { path: path.as_bstr() }).map(|_| ()),
+            };
+            path.truncate(base_len);
+            if let Err(e) = step {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn count_packs(mirror: &Path) -> usize {
+    std::fs::read_dir(mirror.join("objects/pack"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// An error and its causes on one line, without repeats.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}

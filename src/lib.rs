@@ -1,0 +1,58 @@
+//! # gitreload
+//!
+//! Keeps an application's configuration directory (the shared config volume
+//! of Prometheus or Alertmanager) equal to a path in a git repository, never
+//! lets an invalid config onto it, and makes every replica reload it.
+//!
+//! ## The pipeline (one module per stage)
+//!
+//! ```text
+//! settings ─▶ git ─▶ materialize ─▶ check ─▶ deploy ─▶ reload
+//!  (env)   (mirror,  (commit tree   (promtool, (dest == (POST /-/reload
+//!           fetch,    → staging,     amtool,    staged,  to every A record,
+//!           resolve)  path rules)    command)   atomic)  retried)
+//!                         ▲
+//!                 sync: the loop that runs the stages (timer, webhook, once)
+//!          beside it: http (metrics, health, webhook), metrics, logging
+//! ```
+//!
+//! | module | what it does | data out |
+//! |---|---|---|
+//! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
+//! | [`git`] | private bare mirror in the state dir; fetch, resolve the ref | [`git::Fetched`] (a [`git::CommitId`]) |
+//! | [`materialize`] | writes the commit's tree to a fresh staging dir, applies path rules and limits | [`materialize::Staged`] (dir + hash per file) |
+//! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
+//! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
+//! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`] |
+//! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
+//! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
+//! | [`metrics`] | every exported metric, named once | |
+//! | [`logging`] | structlog-style JSON lines | |
+//! | [`redact`] | which parts of URLs and messages are secret | |
+//! | [`state`] | atomic JSON records in the state dir | |
+//!
+//! ## Invariants
+//! - The destination only receives a staged tree that passed the checker;
+//!   any failure leaves the last good config live, byte for byte.
+//! - Only [`deploy`] writes to the destination, and only paths it manages
+//!   (recorded in the manifest); files others put there are never touched.
+//! - Only [`git`] uses gix; only [`reload`] and [`http`] touch the network
+//!   besides the fetch. [`deploy`] never talks to the network.
+//! - The state dir is never inside the destination; the mirror never stores
+//!   the repository URL (it may carry credentials).
+//! - No secret reaches a log line, an error, a metric label or the state dir:
+//!   URLs pass through [`redact`] before they are shown.
+//! - Every loop is driven by a timer or an event; nothing busy-waits.
+
+pub mod check;
+pub mod deploy;
+pub mod git;
+pub mod http;
+pub mod logging;
+pub mod materialize;
+pub mod metrics;
+pub mod redact;
+pub mod reload;
+pub mod settings;
+pub mod state;
+pub mod sync;

@@ -1,0 +1,126 @@
+//! Logging: structlog-style JSON lines (or plain text for a terminal).
+//!
+//! Each JSON line starts with `event`, `level` (lowercase; WARN is
+//! `warning`), `logger` (the module path with dots: `gitreload.deploy`) and
+//! `timestamp` (ISO 8601 UTC, milliseconds), followed by every field of the
+//! event at the top level, numbers and booleans kept typed.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::filter::Targets;
+
+use crate::settings::LogFormat;
+
+/// Installs the global subscriber. `level` is a tracing level name;
+/// dependencies log only warnings and worse.
+pub fn init(level: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level: tracing::Level = level.parse().unwrap_or(tracing::Level::INFO);
+    let filter = Targets::new()
+        .with_default(tracing::Level::WARN)
+        .with_target("gitreload", level);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let registry = tracing_subscriber::registry().with(filter);
+    // A second init (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => registry.with(layer.event_format(StructlogJson)).try_init(),
+        LogFormat::Text => registry.with(layer.with_target(true)).try_init(),
+    };
+}
+
+/// The structlog JSON event format.
+pub struct StructlogJson;
+
+impl<S, N> FormatEvent<S, N> for StructlogJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut line = Map::new();
+        line.insert("event".into(), Value::String(fields.message.take().unwrap_or_default()));
+        line.insert("level".into(), Value::String(level_name(meta.level()).into()));
+        line.insert("logger".into(), Value::String(logger_name(meta.target())));
+        line.insert(
+            "timestamp".into(),
+            Value::String(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+        );
+        for (key, value) in fields.values {
+            // Keys of the envelope cannot be overwritten by a field.
+            if !line.contains_key(&key) {
+                line.insert(key, value);
+            }
+        }
+        let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// structlog's level names.
+pub fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE | Level::DEBUG => "debug",
+        Level::INFO => "info",
+        Level::WARN => "warning",
+        Level::ERROR => "error",
+    }
+}
+
+/// `gitreload::deploy` becomes `gitreload.deploy`; explicit dotted targets
+/// (`gitreload.access`) stay as they are.
+pub fn logger_name(target: &str) -> String {
+    target.replace("::", ".")
+}
+
+#[derive(Default)]
+struct Fields {
+    message: Option<String>,
+    values: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = Some(match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.values.push((field.name().to_string(), value));
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::String(crate::git::describe(value)));
+    }
+}

@@ -1,0 +1,757 @@
+//! Settings: every knob of gitreload, read from `GITRELOAD_*` environment
+//! variables and validated before anything else happens.
+//!
+//! Promises:
+//! - A bad, empty or missing value is one [`SettingsError`] whose text names
+//!   the variable, says what is wrong and what form is expected, e.g.
+//!   `GITRELOAD_INTERVAL="30": expected a duration such as 500ms, 30s or 5m`.
+//! - Secret-bearing values (passwords in URLs, webhook secrets) never appear in
+//!   an error or in [`Settings::summary`]; only `***` does.
+//! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
+//!   fall back to a default).
+//! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
+//!   when the new ones are absent; each use is reported as a deprecation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::redact::{redact_url, RepoUrl};
+
+/// Every variable gitreload reads, without the `GITRELOAD_` prefix.
+/// README's table and the deploy files are tested against this list.
+pub const VARIABLES: &[&str] = &[
+    "REPO",
+    "DEST",
+    "REF",
+    "SUBDIR",
+    "STATE_DIR",
+    "INTERVAL",
+    "ONCE",
+    "FETCH_TIMEOUT",
+    "CHECK",
+    "CHECK_TIMEOUT",
+    "FILE_MODE",
+    "FILE_OWNER",
+    "MAX_FILES",
+    "MAX_FILE_SIZE",
+    "TARGETS",
+    "RELOAD_METHOD",
+    "RELOAD_TIMEOUT",
+    "RELOAD_ATTEMPTS",
+    "DNS_SERVER",
+    "LISTEN",
+    "STALE_AFTER",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_SECRET_FILE",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+];
+
+/// The cron script's variables that gitreload still understands.
+pub const LEGACY_VARIABLES: &[&str] = &[
+    "PROMETHEUS_CONFIG_REPO",
+    "PROMETHEUS_CONFIG_DIR",
+    "PROMETHEUS_HOST_DNS",
+    "PROMETHEUS_PORT",
+    "PROMETHEUS_NOTIFY_PATH",
+];
+
+/// Where the HTTP server listens unless `GITRELOAD_LISTEN` says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9108";
+
+/// A value that failed validation: which variable, and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{var} is not set: {expected}")]
+    Missing { var: String, expected: String },
+    #[error("{var}={shown}: {expected}")]
+    Invalid {
+        var: String,
+        /// The value as it may be shown: quoted, or `***` for secrets.
+        shown: String,
+        expected: String,
+    },
+    #[error("{var} is not a gitreload variable{hint}")]
+    Unknown { var: String, hint: String },
+    #[error("reading the environment: {0}")]
+    Environment(String),
+}
+
+/// Which checker gates a commit before it reaches the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckerKind {
+    /// `promtool check config prometheus.yml`
+    Prometheus,
+    /// `amtool check-config alertmanager.yml`
+    Alertmanager,
+    /// Any shell command, run with `sh -c`.
+    Command(String),
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One structlog-style JSON object per line.
+    Json,
+    /// Human-readable lines for a terminal.
+    Text,
+}
+
+/// Numeric owner applied to every file gitreload creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: Option<u32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Upstream repository (credentials kept, redacted whenever shown).
+    pub repo: RepoUrl,
+    /// The shared volume to keep equal to the repository.
+    pub dest: PathBuf,
+    /// Branch, tag or full commit id; `None` follows the remote's HEAD.
+    pub reference: Option<String>,
+    /// Only this directory of the repository is deployed (`""` = root).
+    pub subdir: String,
+    /// Private state: mirror, staging, manifest. Never the destination.
+    pub state_dir: PathBuf,
+    /// Time between polls.
+    pub interval: Duration,
+    /// Do one sync (and reload) and exit.
+    pub once: bool,
+    /// Longest a single fetch may take.
+    pub fetch_timeout: Duration,
+    /// The gate a commit must pass; `None` deploys unchecked.
+    pub check: Option<CheckerKind>,
+    /// Longest the checker may run before it is killed.
+    pub check_timeout: Duration,
+    /// Permission bits of deployed files (exec bits added for executables).
+    pub file_mode: u32,
+    /// Owner of deployed files, when set.
+    pub file_owner: Option<Owner>,
+    /// A commit with more files than this is rejected.
+    pub max_files: usize,
+    /// A commit with a file larger than this (bytes) is rejected.
+    pub max_file_size: u64,
+    /// Reload URLs; each host is resolved to all its A records.
+    pub targets: Vec<String>,
+    /// HTTP method of the reload request.
+    pub reload_method: String,
+    /// Connect + response timeout of one reload request.
+    pub reload_timeout: Duration,
+    /// In `--once` mode: attempts per target before giving up.
+    pub reload_attempts: u32,
+    /// DNS server for target names instead of /etc/resolv.conf.
+    pub dns_server: Option<SocketAddr>,
+    /// Address of the HTTP server (metrics, health, webhook); `None` = off.
+    pub listen: Option<SocketAddr>,
+    /// Readiness fails when the last successful poll is older than this.
+    pub stale_after: Duration,
+    /// Secret for webhook signatures; `None` leaves POST /sync open.
+    pub webhook_secret: Option<Secret>,
+    /// `GITRELOAD_LOG_LEVEL`, as a tracing filter directive.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Deprecation warnings to log once logging is up.
+    pub deprecations: Vec<String>,
+}
+
+/// A secret value: its `Debug` never shows the content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The raw variables as envy collects them. Everything is a string here so
+/// that parsing, and the error that names the variable, is ours.
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    repo: Option<String>,
+    dest: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    subdir: Option<String>,
+    state_dir: Option<String>,
+    interval: Option<String>,
+    once: Option<String>,
+    fetch_timeout: Option<String>,
+    check: Option<String>,
+    check_timeout: Option<String>,
+    file_mode: Option<String>,
+    file_owner: Option<String>,
+    max_files: Option<String>,
+    max_file_size: Option<String>,
+    targets: Option<String>,
+    reload_method: Option<String>,
+    reload_timeout: Option<String>,
+    reload_attempts: Option<String>,
+    dns_server: Option<String>,
+    listen: Option<String>,
+    stale_after: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_secret_file: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+/// The cron script's variables.
+#[derive(Debug, Default, Deserialize)]
+struct Legacy {
+    prometheus_config_repo: Option<String>,
+    prometheus_config_dir: Option<String>,
+    prometheus_host_dns: Option<String>,
+    prometheus_port: Option<String>,
+    prometheus_notify_path: Option<String>,
+}
+
+const PREFIX: &str = "GITRELOAD_";
+const DURATION_FORM: &str = "expected a duration such as 500ms, 30s or 5m";
+
+impl Settings {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Settings, SettingsError> {
+        Settings::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+            // Non-UTF-8 variables cannot be ours; skip them.
+            Some((k.into_string().ok()?, v.into_string().ok()?))
+        }))
+    }
+
+    /// Validates the given variables (the environment, or a test's map).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        for name in vars.keys() {
+            if let Some(rest) = name.strip_prefix(PREFIX) {
+                if !VARIABLES.contains(&rest) {
+                    return Err(SettingsError::Unknown {
+                        var: name.clone(),
+                        hint: suggestion(rest),
+                    });
+                }
+            }
+        }
+        let raw: Raw = envy::prefixed(PREFIX)
+            .from_iter(vars.clone())
+            .map_err(|e| SettingsError::Environment(e.to_string()))?;
+        let legacy: Legacy = envy::from_iter(vars.clone())
+            .map_err(|e| SettingsError::Environment(e.to_string()))?;
+        build(raw, legacy)
+    }
+
+    /// The effective configuration as `key=value` pairs for the startup log,
+    /// with every secret shown as `***`.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let d = |v: Duration| humantime::format_duration(v).to_string();
+        vec![
+            ("repo", self.repo.redacted()),
+            ("dest", self.dest.display().to_string()),
+            ("ref", self.reference.clone().unwrap_or_else(|| "HEAD".into())),
+            ("subdir", self.subdir.clone()),
+            ("state_dir", self.state_dir.display().to_string()),
+            ("interval", d(self.interval)),
+            (
+                "check",
+                match &self.check {
+                    None => "none".into(),
+                    Some(CheckerKind::Prometheus) => "prometheus".into(),
+                    Some(CheckerKind::Alertmanager) => "alertmanager".into(),
+                    Some(CheckerKind::Command(c)) => c.clone(),
+                },
+            ),
+            (
+                "targets",
+                self.targets
+                    .iter()
+                    .map(|t| redact_url(t))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "listen",
+                self.listen.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "webhook_secret",
+                if self.webhook_secret.is_some() { "***" } else { "none" }.into(),
+            ),
+        ]
+    }
+}
+
+fn suggestion(rest: &str) -> String {
+    let best = VARIABLES
+        .iter()
+        .map(|v| (edit_distance(rest, v), v))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match best {
+        Some((_, v)) => format!(" (did you mean {PREFIX}{v}?)"),
+        None => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// One variable being validated: its full name and raw value.
+struct Var<'a> {
+    name: String,
+    value: Option<&'a str>,
+    secret: bool,
+}
+
+impl<'a> Var<'a> {
+    fn new(suffix: &str, value: &'a Option<String>) -> Self {
+        Var::named(format!("{PREFIX}{suffix}"), value)
+    }
+
+    fn named(name: String, value: &'a Option<String>) -> Self {
+        Var {
+            name,
+            value: value.as_deref(),
+            secret: false,
+        }
+    }
+
+    fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    fn invalid(&self, expected: impl Into<String>) -> SettingsError {
+        let value = self.value.unwrap_or("");
+        let shown = if self.secret {
+            "***".to_string()
+        } else if value.contains("://") {
+            format!("{:?}", redact_url(value))
+        } else {
+            format!("{value:?}")
+        };
+        SettingsError::Invalid {
+            var: self.name.clone(),
+            shown,
+            expected: expected.into(),
+        }
+    }
+
+    /// The value, or `None` when unset. Set-but-blank is an error: an empty
+    /// value is almost always a templating mistake, not a wish for the default.
+    fn get(&self, expected: &str) -> Result<Option<&'a str>, SettingsError> {
+        match self.value {
+            None => Ok(None),
+            Some(v) if v.trim().is_empty() => Err(self.invalid(format!("empty; {expected}"))),
+            Some(v) => Ok(Some(v.trim())),
+        }
+    }
+
+    fn required(&self, expected: &str) -> Result<&'a str, SettingsError> {
+        self.get(expected)?.ok_or_else(|| SettingsError::Missing {
+            var: self.name.clone(),
+            expected: expected.to_string(),
+        })
+    }
+
+    fn parse<T>(
+        &self,
+        expected: &str,
+        default: T,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, SettingsError> {
+        match self.get(expected)? {
+            None => Ok(default),
+            Some(v) => parse(v).ok_or_else(|| self.invalid(expected)),
+        }
+    }
+
+    fn duration(&self, default: Duration) -> Result<Duration, SettingsError> {
+        self.parse(DURATION_FORM, default, parse_duration)
+    }
+}
+
+/// Durations need a unit: `30` alone is refused, because the cron script's
+/// users would read it as seconds and others as milliseconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    if !text.chars().any(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    humantime::parse_duration(text).ok()
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// `10MiB`, `512KiB`, `1048576`, `10MB` (decimal), `2GiB`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let num: u64 = num.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    num.checked_mul(factor)
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.len() < 3 || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+fn parse_owner(text: &str) -> Option<Owner> {
+    let (uid, gid) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    Some(Owner {
+        uid: uid.parse().ok()?,
+        gid: match gid {
+            Some(g) => Some(g.parse().ok()?),
+            None => None,
+        },
+    })
+}
+
+fn parse_socket(text: &str, default_port: u16) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, default_port))
+}
+
+/// A reload URL must be http(s) with a host; credentials are allowed (basic
+/// auth to a proxy) and redacted whenever shown.
+fn valid_target(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    !host.is_empty() && url.parse::<hyper::Uri>().is_ok()
+}
+
+fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
+    let mut deprecations = Vec::new();
+    let mut legacy_fallback = |new: &str, new_value: &Option<String>, old: &str, old_value: &Option<String>| {
+        if new_value.is_none() && old_value.is_some() {
+            deprecations.push(format!("{old} is deprecated; set {PREFIX}{new} instead"));
+            (old.to_string(), old_value.clone())
+        } else {
+            (format!("{PREFIX}{new}"), new_value.clone())
+        }
+    };
+
+    let (repo_var, repo_value) = legacy_fallback("REPO", &raw.repo, "PROMETHEUS_CONFIG_REPO", &legacy.prometheus_config_repo);
+    let (dest_var, dest_value) = legacy_fallback("DEST", &raw.dest, "PROMETHEUS_CONFIG_DIR", &legacy.prometheus_config_dir);
+
+    let repo_v = Var::named(repo_var, &repo_value);
+    let repo_text = repo_v.required("expected a git URL (https://, ssh://, git@host:path, git://, file://) or a path")?;
+    let repo = RepoUrl::parse(repo_text).map_err(|why| repo_v.invalid(why))?;
+
+    let dest_v = Var::named(dest_var, &dest_value);
+    let dest = PathBuf::from(dest_v.required("expected the directory to keep in step with the repository")?);
+    if !dest.is_absolute() {
+        return Err(dest_v.invalid("expected an absolute path"));
+    }
+
+    let ref_v = Var::new("REF", &raw.reference);
+    let reference = ref_v
+        .get("expected a branch, a tag or a full commit id (unset follows the remote's default branch)")?
+        .map(str::to_string);
+    if let Some(r) = &reference {
+        if r.contains(char::is_whitespace) || r.contains("..") || r.starts_with('-') {
+            return Err(ref_v.invalid("expected a branch, a tag or a full commit id"));
+        }
+    }
+
+    let subdir_v = Var::new("SUBDIR", &raw.subdir);
+    let subdir = subdir_v
+        .get("expected a directory inside the repository, such as prometheus")?
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if subdir
+        .split('/')
+        .any(|c| c == ".." || c == "." || (c.is_empty() && !subdir.is_empty()))
+    {
+        return Err(subdir_v.invalid("expected a relative directory inside the repository, without . or .. components"));
+    }
+
+    let state_v = Var::new("STATE_DIR", &raw.state_dir);
+    let state_dir = PathBuf::from(
+        state_v
+            .get("expected an absolute path")?
+            .unwrap_or("/var/lib/gitreload"),
+    );
+    if !state_dir.is_absolute() {
+        return Err(state_v.invalid("expected an absolute path"));
+    }
+    if state_dir.starts_with(&dest) || dest.starts_with(&state_dir) {
+        return Err(state_v.invalid(format!(
+            "the state directory must not be inside {}, nor contain it",
+            dest.display()
+        )));
+    }
+
+    let interval_v = Var::new("INTERVAL", &raw.interval);
+    let interval = interval_v.duration(Duration::from_secs(30))?;
+    if interval < Duration::from_millis(100) {
+        return Err(interval_v.invalid("expected at least 100ms"));
+    }
+    let once = Var::new("ONCE", &raw.once).parse("expected true or false", false, parse_bool)?;
+    let fetch_timeout = Var::new("FETCH_TIMEOUT", &raw.fetch_timeout).duration(Duration::from_secs(60))?;
+
+    let check = Var::new("CHECK", &raw.check)
+        .get("expected prometheus, alertmanager or a shell command")?
+        .map(|c| match c {
+            "prometheus" => CheckerKind::Prometheus,
+            "alertmanager" => CheckerKind::Alertmanager,
+            other => CheckerKind::Command(other.to_string()),
+        });
+    let check_timeout = Var::new("CHECK_TIMEOUT", &raw.check_timeout).duration(Duration::from_secs(60))?;
+
+    let file_mode = Var::new("FILE_MODE", &raw.file_mode).parse(
+        "expected an octal mode such as 0644 or 0640",
+        0o644,
+        parse_mode,
+    )?;
+    let file_owner = Var::new("FILE_OWNER", &raw.file_owner).parse(
+        "expected a numeric UID or UID:GID such as 65534:65534",
+        None,
+        |t| parse_owner(t).map(Some),
+    )?;
+    let max_files = Var::new("MAX_FILES", &raw.max_files).parse(
+        "expected a positive whole number such as 10000",
+        10_000usize,
+        |t| t.parse().ok().filter(|n| *n > 0),
+    )?;
+    let max_file_size = Var::new("MAX_FILE_SIZE", &raw.max_file_size).parse(
+        "expected a size such as 10MiB, 512KiB or 1048576",
+        10 << 20,
+        |t| parse_size(t).filter(|n| *n > 0),
+    )?;
+
+    // Reload targets, with the cron script's three variables as a fallback.
+    let targets_v = Var::new("TARGETS", &raw.targets);
+    let mut targets = Vec::new();
+    if let Some(list) = targets_v.get("expected comma-separated URLs such as http://tasks.prometheus:9090/-/reload")? {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !valid_target(item) {
+                return Err(targets_v.invalid(format!(
+                    "{:?} is not an http(s) URL; expected URLs such as http://tasks.prometheus:9090/-/reload",
+                    redact_url(item)
+                )));
+            }
+            targets.push(item.to_string());
+        }
+    } else if let Some(host) = legacy.prometheus_host_dns.as_deref().filter(|h| !h.trim().is_empty()) {
+        let port = legacy.prometheus_port.as_deref().unwrap_or("9090").trim();
+        if port.parse::<u16>().is_err() {
+            let v = Var::named("PROMETHEUS_PORT".into(), &legacy.prometheus_port);
+            return Err(v.invalid("expected a port number such as 9090"));
+        }
+        let path = legacy.prometheus_notify_path.as_deref().unwrap_or("/-/reload").trim();
+        let url = format!("http://{}:{port}/{}", host.trim(), path.trim_start_matches('/'));
+        if !valid_target(&url) {
+            let v = Var::named("PROMETHEUS_HOST_DNS".into(), &legacy.prometheus_host_dns);
+            return Err(v.invalid("expected a host name such as tasks.prometheus"));
+        }
+        deprecations.push(format!(
+            "PROMETHEUS_HOST_DNS, PROMETHEUS_PORT and PROMETHEUS_NOTIFY_PATH are deprecated; set {PREFIX}TARGETS={url} instead"
+        ));
+        targets.push(url);
+    }
+
+    let method_v = Var::new("RELOAD_METHOD", &raw.reload_method);
+    let reload_method = method_v
+        .get("expected an HTTP method such as POST or PUT")?
+        .unwrap_or("POST")
+        .to_ascii_uppercase();
+    if hyper::Method::from_bytes(reload_method.as_bytes()).is_err() {
+        return Err(method_v.invalid("expected an HTTP method such as POST or PUT"));
+    }
+    let reload_timeout = Var::new("RELOAD_TIMEOUT", &raw.reload_timeout).duration(Duration::from_secs(10))?;
+    let reload_attempts = Var::new("RELOAD_ATTEMPTS", &raw.reload_attempts).parse(
+        "expected a positive whole number such as 5",
+        5u32,
+        |t| t.parse().ok().filter(|n| *n > 0),
+    )?;
+    let dns_server = Var::new("DNS_SERVER", &raw.dns_server).parse(
+        "expected an IP address with an optional port, such as 127.0.0.11 or 10.0.0.2:53",
+        None,
+        |t| parse_socket(t, 53).map(Some),
+    )?;
+
+    let listen_v = Var::new("LISTEN", &raw.listen);
+    let listen = match listen_v.get("expected an address such as 0.0.0.0:9108, or off")? {
+        Some("off") => None,
+        Some(text) => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|_| listen_v.invalid("expected an address such as 0.0.0.0:9108, or off"))?,
+        ),
+        None => Some(DEFAULT_LISTEN.parse().expect("default listen address")),
+    };
+    let stale_after = Var::new("STALE_AFTER", &raw.stale_after).duration(interval * 5)?;
+
+    let secret_v = Var::new("WEBHOOK_SECRET", &raw.webhook_secret).secret();
+    let secret_file_v = Var::new("WEBHOOK_SECRET_FILE", &raw.webhook_secret_file);
+    let webhook_secret = match (
+        secret_v.get("expected the shared secret of the webhook")?,
+        secret_file_v.get("expected the path of a file holding the webhook secret")?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(secret_file_v.invalid(format!(
+                "set either {PREFIX}WEBHOOK_SECRET or {PREFIX}WEBHOOK_SECRET_FILE, not both"
+            )))
+        }
+        (Some(s), None) => Some(Secret::new(s.to_string())),
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(path).map_err(|e| {
+                secret_file_v.invalid(format!("cannot read the file: {e}"))
+            })?;
+            let content = content.trim_end_matches(['\n', '\r']).to_string();
+            if content.is_empty() {
+                return Err(secret_file_v.invalid("the file is empty; expected the webhook secret"));
+            }
+            Some(Secret::new(content))
+        }
+        (None, None) => None,
+    };
+
+    let level_v = Var::new("LOG_LEVEL", &raw.log_level);
+    let log_level = level_v
+        .get("expected debug, info, warning or error")?
+        .unwrap_or("info")
+        .to_ascii_lowercase();
+    let log_level = match log_level.as_str() {
+        "trace" | "debug" | "info" | "error" => log_level,
+        "warning" | "warn" => "warn".to_string(),
+        "critical" => "error".to_string(),
+        _ => return Err(level_v.invalid("expected debug, info, warning or error")),
+    };
+    let format_v = Var::new("LOG_FORMAT", &raw.log_format);
+    let log_format = match format_v.get("expected json or text")? {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(_) => return Err(format_v.invalid("expected json or text")),
+    };
+
+    Ok(Settings {
+        repo,
+        dest,
+        reference,
+        subdir,
+        state_dir,
+        interval,
+        once,
+        fetch_timeout,
+        check,
+        check_timeout,
+        file_mode,
+        file_owner,
+        max_files,
+        max_file_size,
+        targets,
+        reload_method,
+        reload_timeout,
+        reload_attempts,
+        dns_server,
+        listen,
+        stale_after,
+        webhook_secret,
+        log_level,
+        log_format,
+        deprecations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn interval_without_unit_names_the_variable_and_the_form() {
+        let err = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+            ("GITRELOAD_INTERVAL", "30"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"GITRELOAD_INTERVAL="30": expected a duration such as 500ms, 30s or 5m"#
+        );
+    }
+
+    #[test]
+    fn typo_suggests_the_real_variable() {
+        let err = Settings::from_vars(vars(&[("GITRELOAD_INTERVL", "30s")])).unwrap_err();
+        assert!(err.to_string().contains("did you mean GITRELOAD_INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_modes_parse() {
+        assert_eq!(parse_size("10MiB"), Some(10 << 20));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_mode("0640"), Some(0o640));
+        assert_eq!(parse_mode("999"), None);
+    }
+}
