@@ -69,6 +69,9 @@ pub struct Managed {
 pub struct Manifest {
     pub commit: CommitId,
     pub resolved_ref: String,
+    /// The repository directory that was deployed (`GITRELOAD_SUBDIR`).
+    #[serde(default)]
+    pub subdir: String,
     pub files: BTreeMap<String, Managed>,
 }
 
@@ -135,7 +138,9 @@ pub enum DeployError {
         source: std::io::Error,
         rolled_back: bool,
     },
-    #[error("{path} is a directory in the destination but a file in commit {commit}; remove it by hand")]
+    #[error(
+        "{path} is a directory in the destination but a file in commit {commit}; remove it by hand"
+    )]
     Conflict { path: PathBuf, commit: String },
     #[error(transparent)]
     State(#[from] StateError),
@@ -189,18 +194,42 @@ enum Undo {
     MovedAside { path: PathBuf, backup: PathBuf },
 }
 
-/// Makes `dest` equal to `staged`. `previous` is the last manifest (if any)
-/// and `extra_managed` the paths an interrupted deploy may have left.
+/// Where a deploy writes, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub dir: &'a Path,
+    pub records: &'a Records,
+    pub options: Options,
+}
+
+/// What is known about the destination before a deploy.
+#[derive(Debug, Clone, Copy)]
+pub struct Known<'a> {
+    /// The last manifest, if any.
+    pub manifest: Option<&'a Manifest>,
+    /// Paths an interrupted deploy may have left.
+    pub extra_managed: &'a BTreeSet<String>,
+    pub verify: Verify,
+}
+
+/// Makes the destination equal to `staged`, recording the result as
+/// coming from `resolved_ref`.
 pub fn deploy(
     staged: &Staged,
     resolved_ref: &str,
-    dest: &Path,
-    records: &Records,
-    previous: Option<&Manifest>,
-    extra_managed: &BTreeSet<String>,
-    verify: Verify,
-    options: Options,
+    destination: Destination<'_>,
+    known: Known<'_>,
 ) -> Result<(Manifest, Report), DeployError> {
+    let Destination {
+        dir: dest,
+        records,
+        options,
+    } = destination;
+    let Known {
+        manifest: previous,
+        extra_managed,
+        verify,
+    } = known;
     std::fs::create_dir_all(dest).map_err(io("creating", dest, true))?;
     let previous_files = previous.map(|m| &m.files);
 
@@ -248,7 +277,9 @@ pub fn deploy(
                 state::remove(&records.journal)?;
             }
             return Err(match err {
-                DeployError::Io { op, path, source, .. } => DeployError::Io {
+                DeployError::Io {
+                    op, path, source, ..
+                } => DeployError::Io {
                     op,
                     path,
                     source,
@@ -303,6 +334,7 @@ pub fn deploy(
     let manifest = Manifest {
         commit: staged.commit.clone(),
         resolved_ref: resolved_ref.to_string(),
+        subdir: staged.subdir.clone(),
         files,
     };
     state::write(&records.manifest, &manifest)?;
@@ -310,7 +342,11 @@ pub fn deploy(
     Ok((manifest, report))
 }
 
-fn io(op: &'static str, path: &Path, rolled_back: bool) -> impl FnOnce(std::io::Error) -> DeployError {
+fn io(
+    op: &'static str,
+    path: &Path,
+    rolled_back: bool,
+) -> impl FnOnce(std::io::Error) -> DeployError {
     let path = path.to_path_buf();
     move |source| DeployError::Io {
         op,
@@ -362,7 +398,10 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 }
 
 fn temp_name(final_path: &Path, role: &str) -> PathBuf {
-    let name = final_path.file_name().unwrap_or_default().as_encoded_bytes();
+    let name = final_path
+        .file_name()
+        .unwrap_or_default()
+        .as_encoded_bytes();
     let digest = hex::encode(&Sha256::digest(name)[..8]);
     final_path.with_file_name(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
 }
@@ -411,11 +450,8 @@ fn apply(
         if let Err(e) = std::fs::rename(&tmp, &full) {
             let _ = std::fs::remove_file(&tmp);
             // The undo entry above refers to a rename that did not happen.
-            match undo.pop() {
-                Some(Undo::Replaced { backup, .. }) => {
-                    let _ = std::fs::remove_file(backup);
-                }
-                _ => {}
+            if let Some(Undo::Replaced { backup, .. }) = undo.pop() {
+                let _ = std::fs::remove_file(backup);
             }
             return Err(io("renaming into place", &full, true)(e));
         }
@@ -445,10 +481,12 @@ fn make_dirs(
             Ok(_) => {
                 let rel = current.strip_prefix(dest).unwrap_or(&current);
                 if !to_delete.contains(&rel.to_string_lossy().as_ref()) {
-                    return Err(io("creating directory", &current, true)(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "a file that gitreload does not manage is in the way",
-                    )));
+                    return Err(io("creating directory", &current, true)(
+                        std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "a file that gitreload does not manage is in the way",
+                        ),
+                    ));
                 }
                 let backup = temp_name(&current, "old");
                 std::fs::rename(&current, &backup).map_err(io("moving aside", &current, true))?;
@@ -523,7 +561,11 @@ fn remove_empty_parents(dest: &Path, removed: &Path, keep: &BTreeMap<String, Fil
         if d == dest || !d.starts_with(dest) {
             break;
         }
-        let rel = d.strip_prefix(dest).unwrap_or(d).to_string_lossy().to_string();
+        let rel = d
+            .strip_prefix(dest)
+            .unwrap_or(d)
+            .to_string_lossy()
+            .to_string();
         let prefix = format!("{rel}/");
         if keep.keys().any(|k| k.starts_with(&prefix)) {
             break;
@@ -542,9 +584,13 @@ pub fn remove_leftovers(dest: &Path) -> usize {
     let mut removed = 0;
     let mut stack = vec![dest.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.filter_map(Result::ok) {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             let name = entry.file_name();
             if name.to_string_lossy().starts_with(LEFTOVER_PREFIX) && !kind.is_dir() {
                 if std::fs::remove_file(entry.path()).is_ok() {
@@ -565,7 +611,14 @@ pub fn drifted(dest: &Path, manifest: &Manifest, verify: Verify, options: Option
         .files
         .iter()
         .filter(|(path, managed)| {
-            !matches(&dest.join(path), &managed.kind, Some(managed), verify, options).unwrap_or(false)
+            !matches(
+                &dest.join(path),
+                &managed.kind,
+                Some(managed),
+                verify,
+                options,
+            )
+            .unwrap_or(false)
         })
         .map(|(path, _)| path.clone())
         .collect()

@@ -81,7 +81,9 @@ pub enum GitError {
     Fetch { url: String, message: String },
     #[error("fetch from {url} did not finish within {timeout}")]
     Timeout { url: String, timeout: String },
-    #[error("ref {reference:?} does not exist at {url} (expected a branch, a tag or a full commit id)")]
+    #[error(
+        "ref {reference:?} does not exist at {url} (expected a branch, a tag or a full commit id)"
+    )]
     RefNotFound { reference: String, url: String },
     #[error("commit {commit} is not reachable from any branch or tag of {url}")]
     CommitNotFound { commit: String, url: String },
@@ -201,8 +203,7 @@ impl Mirror {
     }
 
     fn open(&self) -> Result<gix::Repository, GitError> {
-        gix::open_opts(&self.path, self.open_options())
-            .map_err(|e| self.mirror_error(describe(&e)))
+        gix::open_opts(&self.path, self.open_options()).map_err(|e| self.mirror_error(describe(&e)))
     }
 
     fn init(&self, path: &Path) -> Result<gix::Repository, GitError> {
@@ -233,9 +234,12 @@ impl Mirror {
             .map_err(|e| self.fetch_error(&e))?;
         let options = gix::remote::ref_map::Options {
             // HEAD is not covered by the refspecs but tells the default branch.
-            extra_refspecs: vec![gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
-                .expect("static refspec")
-                .to_owned()],
+            extra_refspecs: vec![gix::refspec::parse(
+                "HEAD".into(),
+                gix::refspec::parse::Operation::Fetch,
+            )
+            .expect("static refspec")
+            .to_owned()],
             ..Default::default()
         };
         let outcome = connection
@@ -281,15 +285,20 @@ impl Mirror {
                 };
                 let found = candidates.iter().find_map(|c| {
                     refs.iter().find_map(|r| match r {
-                        Ref::Direct { full_ref_name, object } if full_ref_name == c.as_str() => {
-                            Some((c.clone(), *object))
-                        }
-                        Ref::Peeled { full_ref_name, object, .. } if full_ref_name == c.as_str() => {
-                            Some((c.clone(), *object))
-                        }
-                        Ref::Symbolic { full_ref_name, object, .. } if full_ref_name == c.as_str() => {
-                            Some((c.clone(), *object))
-                        }
+                        Ref::Direct {
+                            full_ref_name,
+                            object,
+                        } if full_ref_name == c.as_str() => Some((c.clone(), *object)),
+                        Ref::Peeled {
+                            full_ref_name,
+                            object,
+                            ..
+                        } if full_ref_name == c.as_str() => Some((c.clone(), *object)),
+                        Ref::Symbolic {
+                            full_ref_name,
+                            object,
+                            ..
+                        } if full_ref_name == c.as_str() => Some((c.clone(), *object)),
                         _ => None,
                     })
                 });
@@ -301,19 +310,23 @@ impl Mirror {
             None => refs
                 .iter()
                 .find_map(|r| match r {
-                    Ref::Symbolic { full_ref_name, target, object, .. } if full_ref_name == "HEAD" => {
-                        Some((target.to_string(), *object))
-                    }
-                    Ref::Direct { full_ref_name, object } if full_ref_name == "HEAD" => {
-                        Some(("HEAD".to_string(), *object))
-                    }
+                    Ref::Symbolic {
+                        full_ref_name,
+                        target,
+                        object,
+                        ..
+                    } if full_ref_name == "HEAD" => Some((target.to_string(), *object)),
+                    Ref::Direct {
+                        full_ref_name,
+                        object,
+                    } if full_ref_name == "HEAD" => Some(("HEAD".to_string(), *object)),
                     _ => None,
                 })
                 .ok_or(GitError::NoDefaultBranch { url })?,
         };
         let commit = repo
             .find_object(object)
-            .and_then(|o| Ok(o.peel_to_commit()?))
+            .and_then(|o| o.peel_to_commit())
             .map_err(|e| GitError::Read {
                 commit: object.to_string(),
                 message: describe(&e),
@@ -358,7 +371,7 @@ impl Mirror {
             .map_err(|e| read_error(describe(&e)))?;
         let tree = object
             .peel_to_commit()
-            .and_then(|c| Ok(c.tree()?))
+            .and_then(|c| c.tree())
             .map_err(|e| read_error(describe(&e)))?;
         let root = if subdir.is_empty() {
             tree.id
@@ -419,7 +432,9 @@ impl Walker<'_> {
             }
             path.extend_from_slice(&name);
             let step = match kind {
-                EntryKind::Tree => match visit(Entry::Dir { path: path.as_bstr() }) {
+                EntryKind::Tree => match visit(Entry::Dir {
+                    path: path.as_bstr(),
+                }) {
                     Ok(true) => self.walk(oid, path, visit)?,
                     Ok(false) => Ok(()),
                     Err(e) => Err(e),
@@ -427,7 +442,11 @@ impl Walker<'_> {
                 EntryKind::Blob | EntryKind::BlobExecutable => {
                     let size = self.repo.find_header(oid)?.size();
                     if size > self.max_blob_size {
-                        visit(Entry::Oversized { path: path.as_bstr(), size }).map(|_| ())
+                        visit(Entry::Oversized {
+                            path: path.as_bstr(),
+                            size,
+                        })
+                        .map(|_| ())
                     } else {
                         let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                         visit(Entry::File {
@@ -446,7 +465,10 @@ impl Walker<'_> {
                     })
                     .map(|_| ())
                 }
-                EntryKind::Commit => visit(Entry::Submodule { path: path.as_bstr() }).map(|_| ()),
+                EntryKind::Commit => visit(Entry::Submodule {
+                    path: path.as_bstr(),
+                })
+                .map(|_| ()),
             };
             path.truncate(base_len);
             if let Err(e) = step {

@@ -127,7 +127,11 @@ impl Server {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response.headers_mut().insert(
                 hyper::header::ALLOW,
-                HeaderValue::from_static(if allowed == Method::GET { "GET, HEAD" } else { "POST" }),
+                HeaderValue::from_static(if allowed == Method::GET {
+                    "GET, HEAD"
+                } else {
+                    "POST"
+                }),
             );
             return response;
         }
@@ -183,7 +187,12 @@ impl Server {
 
 /// True when the request proves knowledge of `secret`: a GitHub/Gitea
 /// `sha256=<hex>` HMAC of the body, or GitLab's token header.
-pub fn authorized(secret: &[u8], body: &[u8], signature: Option<&str>, gitlab_token: Option<&[u8]>) -> bool {
+pub fn authorized(
+    secret: &[u8],
+    body: &[u8],
+    signature: Option<&str>,
+    gitlab_token: Option<&[u8]>,
+) -> bool {
     if let Some(sig) = signature {
         let Some(hex_digest) = sig.trim().strip_prefix("sha256=") else {
             return false;
@@ -199,11 +208,14 @@ pub fn authorized(secret: &[u8], body: &[u8], signature: Option<&str>, gitlab_to
     if let Some(token) = gitlab_token {
         // MACs of both values, compared in constant time whatever the lengths.
         let tag = |value: &[u8]| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
             mac.update(value);
             mac
         };
-        return tag(token).verify(&tag(secret).finalize().into_bytes()).is_ok();
+        return tag(token)
+            .verify(&tag(secret).finalize().into_bytes())
+            .is_ok();
     }
     false
 }
@@ -211,9 +223,10 @@ pub fn authorized(secret: &[u8], body: &[u8], signature: Option<&str>, gitlab_to
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -252,7 +265,12 @@ pub async fn healthcheck(addr: SocketAddr) -> i32 {
     match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(request)).await {
         Ok(Ok(response)) => {
             let status = response.status();
-            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             eprint!("{} {}", status.as_u16(), String::from_utf8_lossy(&body));
             i32::from(!status.is_success())
         }

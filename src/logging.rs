@@ -10,10 +10,10 @@ use std::fmt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::filter::Targets;
 
 use crate::settings::LogFormat;
 
@@ -43,17 +43,30 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
         let mut line = Map::new();
-        line.insert("event".into(), Value::String(fields.message.take().unwrap_or_default()));
-        line.insert("level".into(), Value::String(level_name(meta.level()).into()));
+        line.insert(
+            "event".into(),
+            Value::String(fields.message.take().unwrap_or_default()),
+        );
+        line.insert(
+            "level".into(),
+            Value::String(level_name(meta.level()).into()),
+        );
         line.insert("logger".into(), Value::String(logger_name(meta.target())));
         line.insert(
             "timestamp".into(),
-            Value::String(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+            Value::String(
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ),
         );
         for (key, value) in fields.values {
             // Keys of the envelope cannot be overwritten by a field.

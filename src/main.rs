@@ -50,7 +50,9 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck) = cli.command {
         let listen = std::env::var("GITRELOAD_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.into());
         let Ok(addr) = listen.trim().parse() else {
-            eprintln!("gitreload: GITRELOAD_LISTEN={listen:?}: expected an address such as 0.0.0.0:9108");
+            eprintln!(
+                "gitreload: GITRELOAD_LISTEN={listen:?}: expected an address such as 0.0.0.0:9108"
+            );
             return ExitCode::from(2);
         };
         return ExitCode::from(runtime.block_on(http::healthcheck(addr)) as u8);
@@ -115,14 +117,20 @@ async fn run(settings: Settings) -> ExitCode {
     } else {
         let config = reload::Config {
             urls: settings.targets.clone(),
-            method: settings.reload_method.parse().unwrap_or(hyper::Method::POST),
+            method: settings
+                .reload_method
+                .parse()
+                .unwrap_or(hyper::Method::POST),
             timeout: settings.reload_timeout,
             dns_server: settings.dns_server,
             attempts: settings.once.then_some(settings.reload_attempts),
             state_file: settings.state_dir.join("reload.json"),
         };
         if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
-            eprintln!("gitreload: cannot create {}: {e}", settings.state_dir.display());
+            eprintln!(
+                "gitreload: cannot create {}: {e}",
+                settings.state_dir.display()
+            );
             return ExitCode::FAILURE;
         }
         match Reloader::spawn(config, metrics.clone()) {

@@ -39,6 +39,8 @@ pub enum FileKind {
 #[derive(Debug)]
 pub struct Staged {
     pub commit: CommitId,
+    /// The repository directory it was taken from (`""` = root).
+    pub subdir: String,
     /// The staging directory (the checker's working directory).
     pub dir: PathBuf,
     /// Every deployable path, relative, `/`-separated.
@@ -104,7 +106,8 @@ pub fn materialize(
     let mut visit = |entry: Entry<'_>| -> Result<bool, MaterializeError> {
         match entry {
             Entry::Dir { path } => {
-                let path = checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path =
+                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
@@ -123,7 +126,8 @@ pub fn materialize(
                 Ok(false)
             }
             Entry::Oversized { path, size } => {
-                let path = checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path =
+                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
@@ -135,8 +139,13 @@ pub fn materialize(
                     ),
                 ))
             }
-            Entry::File { path, executable, data } => {
-                let path = checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+            Entry::File {
+                path,
+                executable,
+                data,
+            } => {
+                let path =
+                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
@@ -154,7 +163,8 @@ pub fn materialize(
                 Ok(false)
             }
             Entry::Symlink { path, target } => {
-                let path = checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path =
+                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
@@ -184,6 +194,7 @@ pub fn materialize(
     }
     Ok(Staged {
         commit: commit.clone(),
+        subdir: subdir.to_string(),
         dir,
         files,
     })
@@ -228,7 +239,9 @@ pub fn checked_path(path: &[u8]) -> Result<String, String> {
 /// relative, and never climbing above the deployed root.
 pub fn check_link(path: &str, target: &str) -> Result<(), String> {
     if target.starts_with('/') {
-        return Err(format!("symlink points outside the deployed tree (to {target})"));
+        return Err(format!(
+            "symlink points outside the deployed tree (to {target})"
+        ));
     }
     if target.is_empty() || target.contains('\0') {
         return Err("symlink has an empty or invalid target".into());
@@ -242,12 +255,16 @@ pub fn check_link(path: &str, target: &str) -> Result<(), String> {
         match component {
             "" | "." => {}
             ".." if seen_name => {
-                return Err(format!("symlink target {target} climbs with .. after a name; write it without"));
+                return Err(format!(
+                    "symlink target {target} climbs with .. after a name; write it without"
+                ));
             }
             ".." => {
                 depth -= 1;
                 if depth < 0 {
-                    return Err(format!("symlink points outside the deployed tree (to {target})"));
+                    return Err(format!(
+                        "symlink points outside the deployed tree (to {target})"
+                    ));
                 }
             }
             _ => seen_name = true,

@@ -275,10 +275,14 @@ impl Metrics {
     pub fn deployed(&self, commit: &str, reference: &str, written: usize, deleted: usize) {
         self.last_deploy.set(now_seconds());
         self.files_changed
-            .get_or_create(&OperationLabel { operation: Operation::written })
+            .get_or_create(&OperationLabel {
+                operation: Operation::written,
+            })
             .inc_by(written as u64);
         self.files_changed
-            .get_or_create(&OperationLabel { operation: Operation::deleted })
+            .get_or_create(&OperationLabel {
+                operation: Operation::deleted,
+            })
             .inc_by(deleted as u64);
         self.set_live(commit, reference);
     }
@@ -327,7 +331,9 @@ impl Metrics {
 
     pub fn set_targets(&self, url: &str, count: usize) {
         self.targets
-            .get_or_create(&UrlLabel { url: url.to_string() })
+            .get_or_create(&UrlLabel {
+                url: url.to_string(),
+            })
             .set(count as i64);
     }
 
@@ -336,7 +342,9 @@ impl Metrics {
             url: url.to_string(),
             target: target.to_string(),
         };
-        self.target_pending.get_or_create(&labels).set(i64::from(pending));
+        self.target_pending
+            .get_or_create(&labels)
+            .set(i64::from(pending));
     }
 
     /// Drops every series of a target that left DNS.
@@ -355,7 +363,9 @@ impl Metrics {
     }
 
     pub fn webhook(&self, result: WebhookResult) {
-        self.webhook_requests.get_or_create(&WebhookLabel { result }).inc();
+        self.webhook_requests
+            .get_or_create(&WebhookLabel { result })
+            .inc();
     }
 
     pub fn drift_repaired(&self, files: usize) {

@@ -106,8 +106,11 @@ enum Kind {
 
 fn classify(text: &str) -> Option<Kind> {
     if let Some((scheme, _)) = text.split_once("://") {
-        return matches!(scheme, "https" | "http" | "ssh" | "git" | "file" | "git+ssh" | "ssh+git")
-            .then_some(Kind::Url);
+        return matches!(
+            scheme,
+            "https" | "http" | "ssh" | "git" | "file" | "git+ssh" | "ssh+git"
+        )
+        .then_some(Kind::Url);
     }
     if text.starts_with('/') {
         return Some(Kind::Path);
@@ -140,7 +143,12 @@ pub fn redact_url(url: &str) -> String {
         }
     };
     let prefix_len = scheme.len() + 3;
-    format!("{}{}{}", &url[..prefix_len], shown, &url[prefix_len + info.len()..])
+    format!(
+        "{}{}{}",
+        &url[..prefix_len],
+        shown,
+        &url[prefix_len + info.len()..]
+    )
 }
 
 fn percent_decode(text: &str) -> Option<String> {

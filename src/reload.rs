@@ -85,11 +85,18 @@ impl Url {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let host = uri.host().ok_or("no host")?.trim_matches(['[', ']']).to_string();
+        let host = uri
+            .host()
+            .ok_or("no host")?
+            .trim_matches(['[', ']'])
+            .to_string();
         let port = uri.port_u16().unwrap_or(80);
         let authorization = userinfo.map(|u| {
             use base64::Engine;
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(u))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            )
         });
         Ok(Url {
             label: redact_url(raw),
@@ -175,7 +182,8 @@ impl Reloader {
 
     /// A deploy happened: start a new round (superseding any pending one).
     pub fn deployed(&self, commit: &str) {
-        self.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.requested
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(commit.to_string());
     }
 
@@ -207,9 +215,7 @@ fn short(commit: &str) -> &str {
     &commit[..7.min(commit.len())]
 }
 
-fn build_resolver(
-    server: Option<SocketAddr>,
-) -> Result<hickory_resolver::TokioResolver, String> {
+fn build_resolver(server: Option<SocketAddr>) -> Result<hickory_resolver::TokioResolver, String> {
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     use hickory_resolver::net::runtime::TokioRuntimeProvider;
     let mut builder = match server {
@@ -232,15 +238,22 @@ fn build_resolver(
     options.cache_size = 0;
     options.timeout = Duration::from_secs(2);
     options.attempts = 2;
-    builder.build().map_err(|e| format!("building the DNS resolver: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("building the DNS resolver: {e}"))
 }
 
 /// Where one target (URL + address) stands in the current round.
 #[derive(Debug, Clone)]
 enum TargetState {
     /// Next attempt due at `at`; `failures` so far.
-    Due { at: Instant, failures: u32 },
-    InFlight { failures: u32 },
+    Due {
+        at: Instant,
+        failures: u32,
+    },
+    InFlight {
+        failures: u32,
+    },
     Confirmed,
     GivenUp,
 }
@@ -450,7 +463,10 @@ impl Task {
             .method(self.config.method.clone())
             .uri(uri)
             .header(hyper::header::HOST, url.authority.as_str())
-            .header(hyper::header::USER_AGENT, concat!("gitreload/", env!("CARGO_PKG_VERSION")));
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("gitreload/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(auth) = &url.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.as_str());
         }
@@ -481,7 +497,11 @@ impl Task {
     fn record(&mut self, done: Done) {
         let Some(round) = &mut self.round else { return };
         match done {
-            Done::Resolved { round: no, url, result } => {
+            Done::Resolved {
+                round: no,
+                url,
+                result,
+            } => {
                 if no != round.no {
                     return;
                 }
@@ -521,10 +541,9 @@ impl Task {
                         url_round.resolve_failures += 1;
                         let delay = backoff(url_round.resolve_failures);
                         url_round.next_resolve = Instant::now() + delay;
-                        let give_up = self
-                            .config
-                            .attempts
-                            .is_some_and(|limit| url_round.resolve_failures >= limit && !url_round.resolved);
+                        let give_up = self.config.attempts.is_some_and(|limit| {
+                            url_round.resolve_failures >= limit && !url_round.resolved
+                        });
                         url_round.given_up = give_up;
                         tracing::warn!(
                             url = %label,
@@ -546,7 +565,8 @@ impl Task {
             } => {
                 let label = &self.urls[url].label;
                 let target = ip.to_string();
-                self.metrics.reload_attempt(label, &target, result.is_ok(), elapsed);
+                self.metrics
+                    .reload_attempt(label, &target, result.is_ok(), elapsed);
                 if no != round.no {
                     return;
                 }
@@ -607,8 +627,7 @@ impl Task {
         }
         let all_confirmed = round.urls.iter().all(|u| {
             u.resolved
-                && u
-                    .targets
+                && u.targets
                     .values()
                     .all(|t| matches!(t, TargetState::Confirmed))
         });
@@ -634,8 +653,7 @@ impl Task {
             || round.urls.iter().all(|u| {
                 u.given_up
                     || (u.resolved
-                        && u
-                            .targets
+                        && u.targets
                             .values()
                             .all(|t| matches!(t, TargetState::Confirmed | TargetState::GivenUp)))
             });

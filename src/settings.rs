@@ -253,8 +253,8 @@ impl Settings {
         let raw: Raw = envy::prefixed(PREFIX)
             .from_iter(vars.clone())
             .map_err(|e| SettingsError::Environment(e.to_string()))?;
-        let legacy: Legacy = envy::from_iter(vars.clone())
-            .map_err(|e| SettingsError::Environment(e.to_string()))?;
+        let legacy: Legacy =
+            envy::from_iter(vars.clone()).map_err(|e| SettingsError::Environment(e.to_string()))?;
         build(raw, legacy)
     }
 
@@ -265,7 +265,10 @@ impl Settings {
         vec![
             ("repo", self.repo.redacted()),
             ("dest", self.dest.display().to_string()),
-            ("ref", self.reference.clone().unwrap_or_else(|| "HEAD".into())),
+            (
+                "ref",
+                self.reference.clone().unwrap_or_else(|| "HEAD".into()),
+            ),
             ("subdir", self.subdir.clone()),
             ("state_dir", self.state_dir.display().to_string()),
             ("interval", d(self.interval)),
@@ -292,7 +295,12 @@ impl Settings {
             ),
             (
                 "webhook_secret",
-                if self.webhook_secret.is_some() { "***" } else { "none" }.into(),
+                if self.webhook_secret.is_some() {
+                    "***"
+                } else {
+                    "none"
+                }
+                .into(),
             ),
         ]
     }
@@ -484,24 +492,39 @@ fn valid_target(url: &str) -> bool {
 
 fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let mut deprecations = Vec::new();
-    let mut legacy_fallback = |new: &str, new_value: &Option<String>, old: &str, old_value: &Option<String>| {
-        if new_value.is_none() && old_value.is_some() {
-            deprecations.push(format!("{old} is deprecated; set {PREFIX}{new} instead"));
-            (old.to_string(), old_value.clone())
-        } else {
-            (format!("{PREFIX}{new}"), new_value.clone())
-        }
-    };
+    let mut legacy_fallback =
+        |new: &str, new_value: &Option<String>, old: &str, old_value: &Option<String>| {
+            if new_value.is_none() && old_value.is_some() {
+                deprecations.push(format!("{old} is deprecated; set {PREFIX}{new} instead"));
+                (old.to_string(), old_value.clone())
+            } else {
+                (format!("{PREFIX}{new}"), new_value.clone())
+            }
+        };
 
-    let (repo_var, repo_value) = legacy_fallback("REPO", &raw.repo, "PROMETHEUS_CONFIG_REPO", &legacy.prometheus_config_repo);
-    let (dest_var, dest_value) = legacy_fallback("DEST", &raw.dest, "PROMETHEUS_CONFIG_DIR", &legacy.prometheus_config_dir);
+    let (repo_var, repo_value) = legacy_fallback(
+        "REPO",
+        &raw.repo,
+        "PROMETHEUS_CONFIG_REPO",
+        &legacy.prometheus_config_repo,
+    );
+    let (dest_var, dest_value) = legacy_fallback(
+        "DEST",
+        &raw.dest,
+        "PROMETHEUS_CONFIG_DIR",
+        &legacy.prometheus_config_dir,
+    );
 
     let repo_v = Var::named(repo_var, &repo_value);
-    let repo_text = repo_v.required("expected a git URL (https://, ssh://, git@host:path, git://, file://) or a path")?;
+    let repo_text = repo_v.required(
+        "expected a git URL (https://, ssh://, git@host:path, git://, file://) or a path",
+    )?;
     let repo = RepoUrl::parse(repo_text).map_err(|why| repo_v.invalid(why))?;
 
     let dest_v = Var::named(dest_var, &dest_value);
-    let dest = PathBuf::from(dest_v.required("expected the directory to keep in step with the repository")?);
+    let dest = PathBuf::from(
+        dest_v.required("expected the directory to keep in step with the repository")?,
+    );
     if !dest.is_absolute() {
         return Err(dest_v.invalid("expected an absolute path"));
     }
@@ -526,7 +549,9 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         .split('/')
         .any(|c| c == ".." || c == "." || (c.is_empty() && !subdir.is_empty()))
     {
-        return Err(subdir_v.invalid("expected a relative directory inside the repository, without . or .. components"));
+        return Err(subdir_v.invalid(
+            "expected a relative directory inside the repository, without . or .. components",
+        ));
     }
 
     let state_v = Var::new("STATE_DIR", &raw.state_dir);
@@ -551,7 +576,8 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         return Err(interval_v.invalid("expected at least 100ms"));
     }
     let once = Var::new("ONCE", &raw.once).parse("expected true or false", false, parse_bool)?;
-    let fetch_timeout = Var::new("FETCH_TIMEOUT", &raw.fetch_timeout).duration(Duration::from_secs(60))?;
+    let fetch_timeout =
+        Var::new("FETCH_TIMEOUT", &raw.fetch_timeout).duration(Duration::from_secs(60))?;
 
     let check = Var::new("CHECK", &raw.check)
         .get("expected prometheus, alertmanager or a shell command")?
@@ -560,7 +586,8 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
             "alertmanager" => CheckerKind::Alertmanager,
             other => CheckerKind::Command(other.to_string()),
         });
-    let check_timeout = Var::new("CHECK_TIMEOUT", &raw.check_timeout).duration(Duration::from_secs(60))?;
+    let check_timeout =
+        Var::new("CHECK_TIMEOUT", &raw.check_timeout).duration(Duration::from_secs(60))?;
 
     let file_mode = Var::new("FILE_MODE", &raw.file_mode).parse(
         "expected an octal mode such as 0644 or 0640",
@@ -586,7 +613,9 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     // Reload targets, with the cron script's three variables as a fallback.
     let targets_v = Var::new("TARGETS", &raw.targets);
     let mut targets = Vec::new();
-    if let Some(list) = targets_v.get("expected comma-separated URLs such as http://tasks.prometheus:9090/-/reload")? {
+    if let Some(list) = targets_v
+        .get("expected comma-separated URLs such as http://tasks.prometheus:9090/-/reload")?
+    {
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !valid_target(item) {
                 return Err(targets_v.invalid(format!(
@@ -596,14 +625,26 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
             }
             targets.push(item.to_string());
         }
-    } else if let Some(host) = legacy.prometheus_host_dns.as_deref().filter(|h| !h.trim().is_empty()) {
+    } else if let Some(host) = legacy
+        .prometheus_host_dns
+        .as_deref()
+        .filter(|h| !h.trim().is_empty())
+    {
         let port = legacy.prometheus_port.as_deref().unwrap_or("9090").trim();
         if port.parse::<u16>().is_err() {
             let v = Var::named("PROMETHEUS_PORT".into(), &legacy.prometheus_port);
             return Err(v.invalid("expected a port number such as 9090"));
         }
-        let path = legacy.prometheus_notify_path.as_deref().unwrap_or("/-/reload").trim();
-        let url = format!("http://{}:{port}/{}", host.trim(), path.trim_start_matches('/'));
+        let path = legacy
+            .prometheus_notify_path
+            .as_deref()
+            .unwrap_or("/-/reload")
+            .trim();
+        let url = format!(
+            "http://{}:{port}/{}",
+            host.trim(),
+            path.trim_start_matches('/')
+        );
         if !valid_target(&url) {
             let v = Var::named("PROMETHEUS_HOST_DNS".into(), &legacy.prometheus_host_dns);
             return Err(v.invalid("expected a host name such as tasks.prometheus"));
@@ -622,7 +663,8 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     if hyper::Method::from_bytes(reload_method.as_bytes()).is_err() {
         return Err(method_v.invalid("expected an HTTP method such as POST or PUT"));
     }
-    let reload_timeout = Var::new("RELOAD_TIMEOUT", &raw.reload_timeout).duration(Duration::from_secs(10))?;
+    let reload_timeout =
+        Var::new("RELOAD_TIMEOUT", &raw.reload_timeout).duration(Duration::from_secs(10))?;
     let reload_attempts = Var::new("RELOAD_ATTEMPTS", &raw.reload_attempts).parse(
         "expected a positive whole number such as 5",
         5u32,
@@ -635,14 +677,14 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     )?;
 
     let listen_v = Var::new("LISTEN", &raw.listen);
-    let listen = match listen_v.get("expected an address such as 0.0.0.0:9108, or off")? {
-        Some("off") => None,
-        Some(text) => Some(
-            text.parse::<SocketAddr>()
-                .map_err(|_| listen_v.invalid("expected an address such as 0.0.0.0:9108, or off"))?,
-        ),
-        None => Some(DEFAULT_LISTEN.parse().expect("default listen address")),
-    };
+    let listen =
+        match listen_v.get("expected an address such as 0.0.0.0:9108, or off")? {
+            Some("off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                listen_v.invalid("expected an address such as 0.0.0.0:9108, or off")
+            })?),
+            None => Some(DEFAULT_LISTEN.parse().expect("default listen address")),
+        };
     let stale_after = Var::new("STALE_AFTER", &raw.stale_after).duration(interval * 5)?;
 
     let secret_v = Var::new("WEBHOOK_SECRET", &raw.webhook_secret).secret();
@@ -658,9 +700,8 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         }
         (Some(s), None) => Some(Secret::new(s.to_string())),
         (None, Some(path)) => {
-            let content = std::fs::read_to_string(path).map_err(|e| {
-                secret_file_v.invalid(format!("cannot read the file: {e}"))
-            })?;
+            let content = std::fs::read_to_string(path)
+                .map_err(|e| secret_file_v.invalid(format!("cannot read the file: {e}")))?;
             let content = content.trim_end_matches(['\n', '\r']).to_string();
             if content.is_empty() {
                 return Err(secret_file_v.invalid("the file is empty; expected the webhook secret"));
@@ -722,7 +763,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -743,7 +787,10 @@ mod tests {
     #[test]
     fn typo_suggests_the_real_variable() {
         let err = Settings::from_vars(vars(&[("GITRELOAD_INTERVL", "30s")])).unwrap_err();
-        assert!(err.to_string().contains("did you mean GITRELOAD_INTERVAL"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean GITRELOAD_INTERVAL"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,10 +29,12 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
             })
         }
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| StateError {
-        path: path.into(),
-        message: format!("unreadable ({e})"),
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StateError {
+            path: path.into(),
+            message: format!("unreadable ({e})"),
+        })
 }
 
 /// Writes a JSON record atomically: temp file, fsync, rename, fsync dir.

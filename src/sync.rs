@@ -149,7 +149,10 @@ impl Pipeline {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Pipeline, String> {
         std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
-            format!("cannot create state directory {}: {e}", settings.state_dir.display())
+            format!(
+                "cannot create state directory {}: {e}",
+                settings.state_dir.display()
+            )
         })?;
         let mirror = Mirror::new(&settings.state_dir, settings.repo.clone(), Vec::new());
         let records = Records::in_dir(&settings.state_dir);
@@ -232,12 +235,21 @@ impl Pipeline {
         if self.interrupted() {
             return Outcome::Interrupted;
         }
-        let live = self.deployed.as_ref().map(|m| m.commit.clone());
+        // The same commit from another directory is a different config.
+        let live = self
+            .deployed
+            .as_ref()
+            .filter(|m| m.subdir == self.settings.subdir)
+            .map(|m| m.commit.clone());
         if live.as_ref() == Some(&fetched.commit) {
             self.rejected = None;
             self.metrics.set_rejected(None);
             let manifest = self.deployed.as_ref().expect("live commit has a manifest");
-            let verify = if self.full_verify { Verify::Hash } else { Verify::Stamp };
+            let verify = if self.full_verify {
+                Verify::Hash
+            } else {
+                Verify::Stamp
+            };
             let dest = self.settings.dest.clone();
             let options = self.deploy_options();
             let manifest_copy = manifest.clone();
@@ -299,7 +311,11 @@ impl Pipeline {
         let commit = fetched.commit.clone();
         let staged = match self.materialize(&commit).await {
             Ok(s) => s,
-            Err(MaterializeError::Rejected { commit: c, path, reason }) => {
+            Err(MaterializeError::Rejected {
+                commit: c,
+                path,
+                reason,
+            }) => {
                 tracing::error!(
                     target: "gitreload::materialize",
                     commit = %short(&c),
@@ -319,8 +335,8 @@ impl Pipeline {
                 return Outcome::DeployFailed;
             }
         };
-        let outcome = self.check_and_deploy(fetched, &staged, check).await;
         let dir = staged.dir.clone();
+        let outcome = self.check_and_deploy(fetched, staged, check).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         outcome
     }
@@ -354,7 +370,12 @@ impl Pipeline {
         self.metrics.set_rejected(Some(commit.as_str()));
     }
 
-    async fn check_and_deploy(&mut self, fetched: &Fetched, staged: &Staged, check: bool) -> Outcome {
+    async fn check_and_deploy(
+        &mut self,
+        fetched: &Fetched,
+        staged: Staged,
+        check: bool,
+    ) -> Outcome {
         let commit = &fetched.commit;
         if let (true, Some(checker)) = (check, &self.checker) {
             let began = Instant::now();
@@ -373,7 +394,9 @@ impl Pipeline {
                 }
                 Err(e) => {
                     let (status, output) = match &e {
-                        CheckError::Rejected { status, output, .. } => (status.clone(), output.clone()),
+                        CheckError::Rejected { status, output, .. } => {
+                            (status.clone(), output.clone())
+                        }
                         other => (other.to_string(), String::new()),
                     };
                     tracing::error!(
@@ -394,28 +417,31 @@ impl Pipeline {
         }
 
         let began = Instant::now();
-        let verify = if self.full_verify { Verify::Hash } else { Verify::Stamp };
+        let verify = if self.full_verify {
+            Verify::Hash
+        } else {
+            Verify::Stamp
+        };
         let records = self.records.clone();
         let dest = self.settings.dest.clone();
         let previous = self.deployed.clone();
         let extra = self.extra_managed.clone();
         let options = self.deploy_options();
         let resolved_ref = fetched.resolved_ref.clone();
-        let staged_view = Staged {
-            commit: staged.commit.clone(),
-            dir: staged.dir.clone(),
-            files: staged.files.clone(),
-        };
         let result = tokio::task::spawn_blocking(move || {
             deploy::deploy(
-                &staged_view,
+                &staged,
                 &resolved_ref,
-                &dest,
-                &records,
-                previous.as_ref(),
-                &extra,
-                verify,
-                options,
+                deploy::Destination {
+                    dir: &dest,
+                    records: &records,
+                    options,
+                },
+                deploy::Known {
+                    manifest: previous.as_ref(),
+                    extra_managed: &extra,
+                    verify,
+                },
             )
         })
         .await;
