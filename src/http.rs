@@ -137,13 +137,26 @@ impl Server {
         }
         match path.as_str() {
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics.render());
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(
+                let wants_openmetrics = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                let (body, content_type) = if wants_openmetrics {
+                    (
+                        self.metrics.render(),
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
+                    )
+                } else {
+                    (
+                        self.metrics.render_classic(),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                };
+                let mut response = text(StatusCode::OK, body);
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 response
             }
             "/healthz" => match self.health.liveness() {

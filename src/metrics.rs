@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Outcome of one sync, the `result` label of `gitreload_sync_total`.
@@ -73,6 +72,11 @@ struct SyncLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabel {
     result: WebhookResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,10 +175,18 @@ impl Metrics {
             drift_repairs: Counter::default(),
             info_lock: Mutex::new(()),
         };
+        // A gauge rather than an OpenMetrics info metric: `promtool check
+        // metrics` (and Prometheus 2.x's text parser) rejects the info type.
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         registry.register(
-            "gitreload_build",
+            "gitreload_build_info",
             "Version of the running gitreload",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            build_info,
         );
         registry.register(
             "gitreload_sync",
@@ -256,6 +268,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The classic Prometheus text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics (curl, `promtool check metrics`). The samples are
+    /// the same; only counter metadata is named with its `_total` suffix and
+    /// the `# EOF` marker is dropped.
+    pub fn render_classic(&self) -> String {
+        openmetrics_to_classic(&self.render())
     }
 
     pub fn sync_finished(&self, result: SyncResult, duration: Duration) {
@@ -370,5 +390,49 @@ impl Metrics {
 
     pub fn drift_repaired(&self, files: usize) {
         self.drift_repairs.inc_by(files as u64);
+    }
+}
+
+/// Converts prometheus-client's OpenMetrics output to text format 0.0.4.
+fn openmetrics_to_classic(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_names_counter_metadata_with_total() {
+        let m = Metrics::new();
+        m.sync_finished(SyncResult::deployed, Duration::from_millis(5));
+        let text = m.render_classic();
+        assert!(
+            text.contains("# TYPE gitreload_sync_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP gitreload_sync_total "), "{text}");
+        assert!(text.contains("gitreload_sync_total{result=\"deployed\"} 1\n"));
+        assert!(!text.contains("# EOF"));
     }
 }
