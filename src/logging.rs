@@ -31,7 +31,13 @@ pub fn init(level: &str, format: LogFormat) {
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => registry.with(layer.event_format(StructlogJson)).try_init(),
-        LogFormat::Text => registry.with(layer.with_target(true)).try_init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stdout().is_terminal();
+            registry
+                .with(layer.with_target(true).with_ansi(ansi))
+                .try_init()
+        }
     };
 }
 

@@ -793,6 +793,67 @@ mod tests {
         );
     }
 
+    /// Asks serde which fields `T` deserializes, without any input.
+    fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        struct Fields(Option<&'static [&'static str]>);
+        #[derive(Debug)]
+        struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("stop")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl serde::de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = Stop;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Stop> {
+                self.0 = Some(fields);
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields = Fields(None);
+        let _ = T::deserialize(&mut fields);
+        fields.0.expect("a struct")
+    }
+
+    #[test]
+    fn variables_list_is_exactly_what_the_settings_read() {
+        let mut read: Vec<String> = struct_fields::<Raw>()
+            .iter()
+            .map(|f| f.to_ascii_uppercase())
+            .collect();
+        let mut listed: Vec<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+        read.sort();
+        listed.sort();
+        assert_eq!(read, listed);
+        let mut legacy: Vec<String> = struct_fields::<Legacy>()
+            .iter()
+            .map(|f| f.to_ascii_uppercase())
+            .collect();
+        legacy.sort();
+        let mut listed: Vec<String> = LEGACY_VARIABLES.iter().map(|v| v.to_string()).collect();
+        listed.sort();
+        assert_eq!(legacy, listed);
+    }
+
     #[test]
     fn sizes_and_modes_parse() {
         assert_eq!(parse_size("10MiB"), Some(10 << 20));

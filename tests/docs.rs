@@ -1,0 +1,110 @@
+//! README stays true to the code: every variable the settings read is in
+//! its table (and nothing else), and the quick-start command works as
+//! written.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use ::gitreload::settings::{LEGACY_VARIABLES, VARIABLES};
+use support::*;
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+/// The first column of every row of the Configuration table that names a
+/// variable.
+fn documented_variables(readme: &str) -> BTreeSet<String> {
+    let start = readme
+        .find("\n## Configuration")
+        .expect("a Configuration section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `GITRELOAD_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("GITRELOAD_{name}"))
+        .collect()
+}
+
+#[test]
+fn readme_table_lists_exactly_the_variables_the_code_reads() {
+    let documented = documented_variables(&readme());
+    let read: BTreeSet<String> = VARIABLES.iter().map(|v| format!("GITRELOAD_{v}")).collect();
+    let missing: Vec<_> = read.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code but not in README's table: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "in README's table but not read by the code: {extra:?}"
+    );
+}
+
+#[test]
+fn readme_documents_every_legacy_variable() {
+    let text = readme();
+    for v in LEGACY_VARIABLES {
+        assert!(text.contains(&format!("`{v}`")), "{v} is not in README");
+    }
+}
+
+/// The shell command of the first ```sh block after `heading`.
+fn command_after(readme: &str, heading: &str) -> String {
+    let section = &readme[readme.find(heading).expect("heading")..];
+    let start = section.find("```sh\n").expect("sh block") + 6;
+    let end = section[start..].find("```").unwrap() + start;
+    section[start..end].trim().to_string()
+}
+
+#[test]
+fn readme_quick_start_deploys_the_example_config() {
+    let command = command_after(&readme(), "## Quick start");
+    assert!(
+        command.contains("cargo run --release -- --once"),
+        "{command}"
+    );
+    // The same binary the tests build, instead of a second (release) build.
+    let demo = tempfile::TempDir::new().unwrap();
+    let command = command
+        .replace("cargo run --release --", Gitreload::binary())
+        .replace("/tmp/gitreload-demo", demo.path().to_str().unwrap());
+    let mut cmd = clean_command("bash");
+    cmd.args(["-c", &command])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HOME", demo.path());
+    let log = demo.path().join("quickstart.log");
+    let mut run = ChildGuard::spawn("quick start", &mut cmd, &log);
+    let status = run
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("quick start still running\n{}", run.log_tail(30)));
+    assert!(
+        status.success(),
+        "quick start failed:\n{}",
+        run.log_tail(30)
+    );
+    let config = demo.path().join("config");
+    let prometheus = std::fs::read_to_string(config.join("prometheus.yml")).unwrap();
+    assert!(
+        prometheus.contains("tasks.alertmanager"),
+        "not the example config"
+    );
+    assert!(config.join("rules").is_dir());
+    // The example config is valid where it lands, rules included.
+    let out = clean_command("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
