@@ -258,6 +258,26 @@ impl Metrics {
             "Managed files restored after someone else changed them",
             m.drift_repairs.clone(),
         );
+        // Every result starts at 0, so increase() sees the first event.
+        for result in [
+            SyncResult::deployed,
+            SyncResult::unchanged,
+            SyncResult::fetch_failed,
+            SyncResult::check_failed,
+            SyncResult::deploy_failed,
+        ] {
+            m.sync_total.get_or_create(&SyncLabel { result });
+        }
+        for result in [
+            WebhookResult::accepted,
+            WebhookResult::unauthorized,
+            WebhookResult::too_large,
+        ] {
+            m.webhook_requests.get_or_create(&WebhookLabel { result });
+        }
+        for operation in [Operation::written, Operation::deleted] {
+            m.files_changed.get_or_create(&OperationLabel { operation });
+        }
         Metrics { registry, ..m }
     }
 

@@ -242,7 +242,7 @@ impl Settings {
         let vars: BTreeMap<String, String> = vars.into_iter().collect();
         for name in vars.keys() {
             if let Some(rest) = name.strip_prefix(PREFIX) {
-                if !VARIABLES.contains(&rest) {
+                if !VARIABLES.contains(&rest) && !is_service_link(rest) {
                     return Err(SettingsError::Unknown {
                         var: name.clone(),
                         hint: suggestion(rest),
@@ -304,6 +304,13 @@ impl Settings {
             ),
         ]
     }
+}
+
+/// Kubernetes injects `<SERVICE>_PORT`, `<SERVICE>_SERVICE_HOST`, ... for
+/// every Service in the namespace; a Service named `gitreload` must not
+/// make the sidecar refuse to start.
+fn is_service_link(rest: &str) -> bool {
+    rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_")
 }
 
 fn suggestion(rest: &str) -> String {
@@ -852,6 +859,18 @@ mod tests {
         let mut listed: Vec<String> = LEGACY_VARIABLES.iter().map(|v| v.to_string()).collect();
         listed.sort();
         assert_eq!(legacy, listed);
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_typos() {
+        let result = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_PORT", "tcp://10.0.0.1:9108"),
+            ("GITRELOAD_PORT_9108_TCP_ADDR", "10.0.0.1"),
+            ("GITRELOAD_SERVICE_HOST", "10.0.0.1"),
+        ]));
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]

@@ -88,11 +88,13 @@ impl Health {
         *self.sync_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
-    fn sync_ends(&self, success: bool) {
+    fn sync_ends(&self, success: bool, config_live: bool) {
         *self.sync_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if success {
-            self.ready.store(true, Ordering::SeqCst);
             *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        if success && config_live {
+            self.ready.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -209,7 +211,10 @@ impl Pipeline {
         let started = Instant::now();
         self.health.sync_begins();
         let outcome = self.sync_stages().await;
-        self.health.sync_ends(outcome.is_success());
+        // Ready means a validated config is live, not merely that the poll
+        // worked: a rejected first commit leaves the process unready.
+        self.health
+            .sync_ends(outcome.is_success(), self.deployed.is_some() && self.extra_managed.is_empty());
         let result = match outcome {
             Outcome::Deployed => Some(SyncResult::deployed),
             Outcome::Unchanged => Some(SyncResult::unchanged),

@@ -575,3 +575,20 @@ fn healthcheck_subcommand_exits_0_when_ready_and_1_otherwise() {
     assert!(run.terminate().success());
     assert_eq!(check(&addr), Some(1));
 }
+
+#[test]
+fn readyz_stays_503_while_the_only_commit_is_rejected() {
+    let s = Sidecar::new();
+    s.upstream.write("prometheus.yml", "broken\n");
+    s.upstream.commit_and_push("broken");
+    let (g, base) = with_server(s.gitreload_file().env("GITRELOAD_CHECK", "prometheus"));
+    let mut run = g.spawn();
+    run.wait_for_event(T, "commit rejected");
+    run.wait_for_event(T, "newest commit is still the rejected one");
+    let (status, body) = http_get(&format!("{base}/readyz"));
+    assert_eq!(status, 503, "ready with nothing deployed: {body}");
+    s.upstream.write("prometheus.yml", prometheus_yml("good"));
+    s.upstream.commit_and_push("good");
+    wait_until("ready once a good commit is live", T, || http_get(&format!("{base}/readyz")).0 == 200);
+    assert!(run.terminate().success());
+}
