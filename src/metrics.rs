@@ -266,17 +266,17 @@ impl Metrics {
             SyncResult::check_failed,
             SyncResult::deploy_failed,
         ] {
-            m.sync_total.get_or_create(&SyncLabel { result });
+            let _ = m.sync_total.get_or_create(&SyncLabel { result });
         }
         for result in [
             WebhookResult::accepted,
             WebhookResult::unauthorized,
             WebhookResult::too_large,
         ] {
-            m.webhook_requests.get_or_create(&WebhookLabel { result });
+            let _ = m.webhook_requests.get_or_create(&WebhookLabel { result });
         }
         for operation in [Operation::written, Operation::deleted] {
-            m.files_changed.get_or_create(&OperationLabel { operation });
+            let _ = m.files_changed.get_or_create(&OperationLabel { operation });
         }
         Metrics { registry, ..m }
     }

@@ -213,8 +213,10 @@ impl Pipeline {
         let outcome = self.sync_stages().await;
         // Ready means a validated config is live, not merely that the poll
         // worked: a rejected first commit leaves the process unready.
-        self.health
-            .sync_ends(outcome.is_success(), self.deployed.is_some() && self.extra_managed.is_empty());
+        self.health.sync_ends(
+            outcome.is_success(),
+            self.deployed.is_some() && self.extra_managed.is_empty(),
+        );
         let result = match outcome {
             Outcome::Deployed => Some(SyncResult::deployed),
             Outcome::Unchanged => Some(SyncResult::unchanged),
