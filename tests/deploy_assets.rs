@@ -340,8 +340,8 @@ fn dockerfile_has_pinned_bases_a_non_root_user_a_healthcheck_and_the_checkers() 
     }
     let user = text
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER");
     let uid: u32 = user
         .split(':')

@@ -589,6 +589,8 @@ fn readyz_stays_503_while_the_only_commit_is_rejected() {
     assert_eq!(status, 503, "ready with nothing deployed: {body}");
     s.upstream.write("prometheus.yml", prometheus_yml("good"));
     s.upstream.commit_and_push("good");
-    wait_until("ready once a good commit is live", T, || http_get(&format!("{base}/readyz")).0 == 200);
+    wait_until("ready once a good commit is live", T, || {
+        http_get(&format!("{base}/readyz")).0 == 200
+    });
     assert!(run.terminate().success());
 }
