@@ -72,6 +72,9 @@ pub struct Manifest {
     /// The repository directory that was deployed (`GITRELOAD_SUBDIR`).
     #[serde(default)]
     pub subdir: String,
+    /// The commit that was live before this one: where a rollback goes.
+    #[serde(default)]
+    pub previous_commit: Option<CommitId>,
     pub files: BTreeMap<String, Managed>,
 }
 
@@ -331,7 +334,13 @@ pub fn deploy(
             },
         );
     }
+    let previous_commit = match previous {
+        Some(p) if p.commit != staged.commit => Some(p.commit.clone()),
+        Some(p) => p.previous_commit.clone(),
+        None => None,
+    };
     let manifest = Manifest {
+        previous_commit,
         commit: staged.commit.clone(),
         resolved_ref: resolved_ref.to_string(),
         subdir: staged.subdir.clone(),

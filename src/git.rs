@@ -337,6 +337,46 @@ impl Mirror {
         })
     }
 
+    /// True when the mirror exists but cannot be read: it does not open, or
+    /// a ref's commit or that commit's root tree is missing or corrupt (a
+    /// damaged pack, a truncated fetch). A missing mirror is not damaged.
+    pub fn is_damaged(&self) -> bool {
+        if !self.path.exists() {
+            return false;
+        }
+        let Ok(repo) = self.open() else { return true };
+        let Ok(platform) = repo.references() else {
+            return true;
+        };
+        let Ok(refs) = platform.all() else {
+            return true;
+        };
+        for reference in refs {
+            let Ok(mut reference) = reference else {
+                return true;
+            };
+            let Ok(id) = reference.peel_to_id() else {
+                return true;
+            };
+            let Ok(object) = id.object() else { return true };
+            // Tags may name trees or blobs; only a commit has a tree to read.
+            if let Ok(commit) = object.try_into_commit() {
+                if commit.tree().is_err() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Removes the mirror, so the next fetch clones afresh.
+    pub fn discard(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// True when the mirror holds `commit` (e.g. to restore an earlier
     /// deploy without the network).
     pub fn has_commit(&self, commit: &CommitId) -> bool {

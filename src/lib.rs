@@ -23,7 +23,8 @@
 //! | [`materialize`] | writes the commit's tree to a fresh staging dir, applies path rules and limits | [`materialize::Staged`] (dir + hash per file) |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
-//! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`] |
+//! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`], [`reload::Refusal`] |
+//! | [`drift`] | watches the destination for changes by others | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
 //! | [`metrics`] | every exported metric, named once | |
@@ -46,6 +47,7 @@
 
 pub mod check;
 pub mod deploy;
+pub mod drift;
 pub mod git;
 pub mod http;
 pub mod logging;

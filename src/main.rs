@@ -11,8 +11,8 @@ use tokio::sync::{watch, Notify};
 use gitreload::http::{self, Server};
 use gitreload::metrics::Metrics;
 use gitreload::reload::{self, Reloader};
-use gitreload::settings::{Settings, DEFAULT_LISTEN};
-use gitreload::sync::{Health, Pipeline};
+use gitreload::settings::{DriftMode, Settings, DEFAULT_LISTEN};
+use gitreload::sync::{Events, Health, Pipeline};
 
 /// Keeps a config directory in step with a git repository: fetch, validate,
 /// deploy atomically, reload every replica. Configured by GITRELOAD_*
@@ -183,7 +183,24 @@ async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    pipeline.run(trigger).await;
+    let drift = Arc::new(Notify::new());
+    let _watch = match settings.drift {
+        DriftMode::Off => None,
+        _ => match gitreload::drift::watch(&settings.dest, drift.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // The periodic verification still catches drift.
+                tracing::warn!(error = %e, "drift watch unavailable");
+                None
+            }
+        },
+    };
+    let events = Events {
+        sync_now: trigger,
+        drift,
+        refusals: reloader.as_ref().and_then(|r| r.take_refusals()),
+    };
+    pipeline.run(events).await;
     ExitCode::SUCCESS
 }
 

@@ -109,6 +109,36 @@ impl Url {
     }
 }
 
+/// Why one reload request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The application answered with a non-2xx status: it refused the
+    /// config (Prometheus says why in the body).
+    Status { code: u16, body: String },
+    /// No answer: refused connection, timeout, reset.
+    Transport(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status { code, body } => write!(f, "HTTP {code}: {body}"),
+            Failure::Transport(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Every replica refused the config of `commit` on its first attempt,
+/// while the config before it had been accepted everywhere: the pipeline
+/// rolls back.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub commit: String,
+    /// One refusing target and its answer, for the log.
+    pub target: String,
+    pub error: String,
+}
+
 /// What the persisted record says about the last round.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
@@ -132,6 +162,7 @@ pub struct Progress {
 #[derive(Clone)]
 pub struct Reloader {
     tx: mpsc::UnboundedSender<String>,
+    refusals: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<Refusal>>>>,
     progress: watch::Receiver<Progress>,
     /// Rounds requested so far; the task numbers rounds the same way.
     requested: Arc<std::sync::atomic::AtomicU64>,
@@ -155,6 +186,7 @@ impl Reloader {
             .build(connector);
         let (tx, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
+        let (refusal_tx, refusal_rx) = mpsc::unbounded_channel();
         let pending_record: Option<Record> = state::read(&config.state_file).ok().flatten();
         let task = Task {
             urls,
@@ -166,10 +198,13 @@ impl Reloader {
             round: None,
             round_no: 0,
             jobs: JoinSet::new(),
+            last_confirmed: pending_record.as_ref().is_some_and(|r| r.confirmed),
+            refusals: refusal_tx,
         };
         tokio::spawn(task.run(rx));
         let reloader = Reloader {
             tx,
+            refusals: Arc::new(std::sync::Mutex::new(Some(refusal_rx))),
             progress,
             requested: Arc::default(),
         };
@@ -185,6 +220,15 @@ impl Reloader {
         self.requested
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(commit.to_string());
+    }
+
+    /// The stream of refusals (every replica rejected a new config). Can be
+    /// taken once.
+    pub fn take_refusals(&self) -> Option<mpsc::UnboundedReceiver<Refusal>> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The round counter and its state, to wait on.
@@ -275,6 +319,11 @@ struct Round {
     started: Instant,
     urls: Vec<UrlRound>,
     confirmed: bool,
+    /// The round before this one was confirmed everywhere.
+    previous_confirmed: bool,
+    /// First-attempt outcome per target: `Some(failure)` or `None` (ok).
+    first_outcomes: BTreeMap<(usize, IpAddr), Option<Failure>>,
+    refusal_sent: bool,
 }
 
 enum Done {
@@ -287,7 +336,7 @@ enum Done {
         round: u64,
         url: usize,
         ip: IpAddr,
-        result: Result<u16, String>,
+        result: Result<u16, Failure>,
         elapsed: Duration,
     },
 }
@@ -302,6 +351,10 @@ struct Task {
     round: Option<Round>,
     round_no: u64,
     jobs: JoinSet<Done>,
+    /// The last finished round was confirmed everywhere (from the state
+    /// file at start).
+    last_confirmed: bool,
+    refusals: mpsc::UnboundedSender<Refusal>,
 }
 
 /// Backoff before attempt `failures + 1`: doubling from one second, capped,
@@ -341,6 +394,7 @@ impl Task {
                 tracing::info!(commit = %short(&old.commit), "pending reloads superseded by a newer deploy");
             }
         }
+        let previous_confirmed = std::mem::replace(&mut self.last_confirmed, false);
         self.persist(&commit, false);
         self.round = Some(Round {
             no: self.round_no,
@@ -359,6 +413,9 @@ impl Task {
                 })
                 .collect(),
             confirmed: false,
+            previous_confirmed,
+            first_outcomes: BTreeMap::new(),
+            refusal_sent: false,
         });
         self.publish();
     }
@@ -435,10 +492,10 @@ impl Task {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(timeout, request).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!(
+                    Err(_) => Err(Failure::Transport(format!(
                         "no answer within {}",
                         humantime::format_duration(timeout)
-                    )),
+                    ))),
                 };
                 Done::Reloaded {
                     round: no,
@@ -455,7 +512,7 @@ impl Task {
         &self,
         index: usize,
         ip: IpAddr,
-    ) -> impl std::future::Future<Output = Result<u16, String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<u16, Failure>> + Send + 'static {
         let url = &self.urls[index];
         let addr = SocketAddr::new(ip, url.port);
         let uri = format!("http://{addr}{}", url.path);
@@ -473,11 +530,11 @@ impl Task {
         let request = builder.body(Empty::<Bytes>::new());
         let client = self.client.clone();
         async move {
-            let request = request.map_err(|e| e.to_string())?;
+            let request = request.map_err(|e| Failure::Transport(e.to_string()))?;
             let response = client
                 .request(request)
                 .await
-                .map_err(|e| crate::git::describe(&e))?;
+                .map_err(|e| Failure::Transport(crate::git::describe(&e)))?;
             let status = response.status();
             if status.is_success() {
                 return Ok(status.as_u16());
@@ -490,7 +547,10 @@ impl Task {
             let excerpt = String::from_utf8_lossy(&body[..body.len().min(BODY_EXCERPT)])
                 .trim()
                 .to_string();
-            Err(format!("HTTP {}: {excerpt}", status.as_u16()))
+            Err(Failure::Status {
+                code: status.as_u16(),
+                body: excerpt,
+            })
         }
     }
 
@@ -577,6 +637,11 @@ impl Task {
                     TargetState::InFlight { failures } => *failures,
                     _ => return,
                 };
+                if failures == 0 {
+                    round
+                        .first_outcomes
+                        .insert((url, ip), result.as_ref().err().cloned());
+                }
                 match result {
                     Ok(status) => {
                         *state = TargetState::Confirmed;
@@ -617,7 +682,47 @@ impl Task {
                 }
             }
         }
+        self.check_refused();
         self.check_complete();
+    }
+
+    /// Sends a [`Refusal`] when every target of the round answered its
+    /// first request with a failure status and the previous config had been
+    /// accepted everywhere. One replica refusing while others accept is
+    /// not a refusal: it stays pending.
+    fn check_refused(&mut self) {
+        let Some(round) = &mut self.round else { return };
+        if round.refusal_sent || !round.previous_confirmed || round.confirmed {
+            return;
+        }
+        let all_resolved = round.urls.iter().all(|u| u.resolved);
+        let targets: Vec<(usize, IpAddr)> = round
+            .urls
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| u.targets.keys().map(move |ip| (i, *ip)))
+            .collect();
+        if !all_resolved || targets.is_empty() {
+            return;
+        }
+        let mut refusal = None;
+        for key in &targets {
+            match round.first_outcomes.get(key) {
+                Some(Some(failure @ Failure::Status { .. })) => {
+                    refusal.get_or_insert((key.1, failure.to_string()));
+                }
+                // Not answered yet, accepted, or unreachable: no verdict.
+                _ => return,
+            }
+        }
+        if let Some((ip, error)) = refusal {
+            round.refusal_sent = true;
+            let _ = self.refusals.send(Refusal {
+                commit: round.commit.clone(),
+                target: ip.to_string(),
+                error,
+            });
+        }
     }
 
     fn check_complete(&mut self) {
@@ -642,6 +747,7 @@ impl Task {
                 "reload confirmed on every target"
             );
             let commit = round.commit.clone();
+            self.last_confirmed = true;
             self.persist(&commit, true);
         }
         self.publish();

@@ -38,6 +38,8 @@ pub const VARIABLES: &[&str] = &[
     "FILE_OWNER",
     "MAX_FILES",
     "MAX_FILE_SIZE",
+    "DRIFT",
+    "VERIFY_INTERVAL",
     "TARGETS",
     "RELOAD_METHOD",
     "RELOAD_TIMEOUT",
@@ -92,6 +94,18 @@ pub enum CheckerKind {
     Command(String),
 }
 
+/// What to do when a managed file on the destination is changed by
+/// someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftMode {
+    /// Restore it from the deployed commit and reload.
+    Repair,
+    /// Log it, leave it.
+    Report,
+    /// Do not watch.
+    Off,
+}
+
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -137,6 +151,10 @@ pub struct Settings {
     pub file_owner: Option<Owner>,
     /// A commit with more files than this is rejected.
     pub max_files: usize,
+    /// What to do about hand edits of managed files.
+    pub drift: DriftMode,
+    /// Period of the full re-verification of the destination by hash.
+    pub verify_interval: Duration,
     /// A commit with a file larger than this (bytes) is rejected.
     pub max_file_size: u64,
     /// Reload URLs; each host is resolved to all its A records.
@@ -200,6 +218,8 @@ struct Raw {
     file_owner: Option<String>,
     max_files: Option<String>,
     max_file_size: Option<String>,
+    drift: Option<String>,
+    verify_interval: Option<String>,
     targets: Option<String>,
     reload_method: Option<String>,
     reload_timeout: Option<String>,
@@ -617,6 +637,19 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         |t| parse_size(t).filter(|n| *n > 0),
     )?;
 
+    let drift = Var::new("DRIFT", &raw.drift).parse(
+        "expected repair, report or off",
+        DriftMode::Repair,
+        |t| match t {
+            "repair" => Some(DriftMode::Repair),
+            "report" => Some(DriftMode::Report),
+            "off" => Some(DriftMode::Off),
+            _ => None,
+        },
+    )?;
+    let verify_interval =
+        Var::new("VERIFY_INTERVAL", &raw.verify_interval).duration(Duration::from_secs(600))?;
+
     // Reload targets, with the cron script's three variables as a fallback.
     let targets_v = Var::new("TARGETS", &raw.targets);
     let mut targets = Vec::new();
@@ -751,6 +784,8 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         file_owner,
         max_files,
         max_file_size,
+        drift,
+        verify_interval,
         targets,
         reload_method,
         reload_timeout,

@@ -28,8 +28,8 @@ use crate::deploy::{self, Manifest, Records, Verify};
 use crate::git::{CommitId, Fetched, GitError, Mirror};
 use crate::materialize::{self, Limits, MaterializeError, Staged};
 use crate::metrics::{Metrics, Stage, SyncResult};
-use crate::reload::Reloader;
-use crate::settings::Settings;
+use crate::reload::{Refusal, Reloader};
+use crate::settings::{DriftMode, Settings};
 
 /// What the HTTP server reports about the loop.
 #[derive(Debug)]
@@ -133,6 +133,8 @@ pub struct Pipeline {
     full_verify: bool,
     /// The newest upstream commit, when it was rejected.
     rejected: Option<CommitId>,
+    /// Drift last reported (with `GITRELOAD_DRIFT=report`), to say it once.
+    reported_drift: Vec<String>,
     metrics: Arc<Metrics>,
     reloader: Option<Reloader>,
     health: Arc<Health>,
@@ -187,6 +189,7 @@ impl Pipeline {
             extra_managed,
             full_verify,
             rejected: None,
+            reported_drift: Vec::new(),
             metrics,
             reloader,
             health,
@@ -236,6 +239,7 @@ impl Pipeline {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(target: "gitreload::git", error = %e, "fetch failed");
+                self.recover_mirror().await;
                 return Outcome::FetchFailed;
             }
         };
@@ -251,39 +255,194 @@ impl Pipeline {
         if live.as_ref() == Some(&fetched.commit) {
             self.rejected = None;
             self.metrics.set_rejected(None);
-            let manifest = self.deployed.as_ref().expect("live commit has a manifest");
             let verify = if self.full_verify {
                 Verify::Hash
             } else {
                 Verify::Stamp
             };
-            let dest = self.settings.dest.clone();
-            let options = self.deploy_options();
-            let manifest_copy = manifest.clone();
-            let drifted = tokio::task::spawn_blocking(move || {
-                deploy::drifted(&dest, &manifest_copy, verify, options)
-            })
-            .await
-            .unwrap_or_default();
-            if drifted.is_empty() && self.extra_managed.is_empty() {
-                self.full_verify = false;
-                tracing::debug!(commit = %fetched.commit.short(), "no change");
-                return Outcome::Unchanged;
-            }
-            tracing::warn!(
-                target: "gitreload::deploy",
-                commit = %fetched.commit.short(),
-                paths = %drifted.join(","),
-                files = drifted.len() as u64,
-                "destination differs from the deployed commit; restoring"
-            );
-            return self.stage_and_deploy(&fetched, false).await;
+            return match self.repair(verify).await {
+                Some(outcome) => outcome,
+                None => {
+                    tracing::debug!(commit = %fetched.commit.short(), "no change");
+                    Outcome::Unchanged
+                }
+            };
         }
         if self.rejected.as_ref() == Some(&fetched.commit) {
             tracing::debug!(commit = %fetched.commit.short(), "newest commit is still the rejected one");
             return Outcome::Unchanged;
         }
-        self.stage_and_deploy(&fetched, true).await
+        let previous = self.deployed.as_ref().map(|m| m.commit.short().to_string());
+        let began = Instant::now();
+        let report = match self
+            .deploy_commit(&fetched.commit, &fetched.resolved_ref, true)
+            .await
+        {
+            Ok(report) => report,
+            Err(outcome) => return outcome,
+        };
+        tracing::info!(
+            target: "gitreload::deploy",
+            commit = %fetched.commit.short(),
+            previous = %previous.as_deref().unwrap_or(""),
+            r#ref = %fetched.resolved_ref,
+            files_written = report.written.len() as u64,
+            files_deleted = report.deleted.len() as u64,
+            written = %summarize(&report.written),
+            deleted = %summarize(&report.deleted),
+            duration_ms = began.elapsed().as_millis() as u64,
+            "config deployed"
+        );
+        self.reload(&fetched.commit);
+        Outcome::Deployed
+    }
+
+    fn reload(&self, commit: &CommitId) {
+        if let Some(reloader) = &self.reloader {
+            reloader.deployed(commit.as_str());
+        }
+    }
+
+    /// Compares the destination with the manifest and, per `GITRELOAD_DRIFT`,
+    /// restores what drifted. `None` when nothing drifted (or drift is off).
+    async fn repair(&mut self, verify: Verify) -> Option<Outcome> {
+        if self.settings.drift == DriftMode::Off && self.extra_managed.is_empty() {
+            return None;
+        }
+        let manifest = self.deployed.clone()?;
+        if manifest.subdir != self.settings.subdir {
+            return None;
+        }
+        let dest = self.settings.dest.clone();
+        let options = self.deploy_options();
+        let check = manifest.clone();
+        let drifted =
+            tokio::task::spawn_blocking(move || deploy::drifted(&dest, &check, verify, options))
+                .await
+                .unwrap_or_default();
+        if drifted.is_empty() && self.extra_managed.is_empty() {
+            self.full_verify = false;
+            self.reported_drift.clear();
+            return None;
+        }
+        if self.settings.drift == DriftMode::Report && self.extra_managed.is_empty() {
+            if drifted != self.reported_drift {
+                tracing::warn!(
+                    target: "gitreload::deploy",
+                    commit = %manifest.commit.short(),
+                    paths = %summarize(&drifted),
+                    files = drifted.len() as u64,
+                    "drift detected; left as it is (GITRELOAD_DRIFT=report)"
+                );
+                self.reported_drift = drifted;
+            }
+            return None;
+        }
+        let report = match self
+            .deploy_commit(&manifest.commit, &manifest.resolved_ref, false)
+            .await
+        {
+            Ok(report) => report,
+            Err(outcome) => return Some(outcome),
+        };
+        if report.is_empty() {
+            return None;
+        }
+        self.metrics.drift_repaired(drifted.len());
+        tracing::warn!(
+            target: "gitreload::deploy",
+            commit = %manifest.commit.short(),
+            paths = %summarize(&drifted),
+            files = drifted.len() as u64,
+            files_written = report.written.len() as u64,
+            "drift repaired"
+        );
+        self.reload(&manifest.commit);
+        Some(Outcome::Deployed)
+    }
+
+    /// Every replica refused the live commit although the one before had
+    /// been accepted: put the previous commit back, reload, and reject the
+    /// refused one until upstream moves.
+    async fn roll_back(&mut self, refusal: Refusal) {
+        let Some(manifest) = self.deployed.clone() else {
+            return;
+        };
+        if manifest.commit.as_str() != refusal.commit {
+            return; // A newer deploy already replaced it.
+        }
+        let Some(previous) = manifest.previous_commit.clone() else {
+            tracing::error!(
+                target: "gitreload::reload",
+                commit = %manifest.commit.short(),
+                target = %refusal.target,
+                error = %refusal.error,
+                "every target refused the config and there is no earlier commit to restore"
+            );
+            return;
+        };
+        match self
+            .deploy_commit(&previous, &manifest.resolved_ref, false)
+            .await
+        {
+            Ok(report) => {
+                // The refused commit must not become the rollback target.
+                if let Some(m) = &mut self.deployed {
+                    m.previous_commit = None;
+                    if let Err(e) = crate::state::write(&self.records.manifest, m) {
+                        tracing::warn!(error = %e, "cannot record the rollback");
+                    }
+                }
+                self.reject(&manifest.commit);
+                tracing::error!(
+                    target: "gitreload::reload",
+                    commit = %manifest.commit.short(),
+                    restored = %previous.short(),
+                    target = %refusal.target,
+                    error = %refusal.error,
+                    files_written = report.written.len() as u64,
+                    "commit rolled back: every target refused it"
+                );
+                self.reload(&previous);
+            }
+            Err(_) => {
+                tracing::error!(
+                    target: "gitreload::reload",
+                    commit = %manifest.commit.short(),
+                    restored = %previous.short(),
+                    "rollback failed; the refused config stays live"
+                );
+            }
+        }
+    }
+
+    /// After a failed fetch or read: if the mirror itself is damaged (a
+    /// corrupt pack, a truncated fetch), discard it so the next fetch
+    /// clones afresh instead of failing forever.
+    async fn recover_mirror(&self) {
+        let mirror = self.mirror.clone();
+        let damaged = tokio::task::spawn_blocking(move || {
+            if mirror.is_damaged() {
+                mirror.discard().map(|_| true)
+            } else {
+                Ok(false)
+            }
+        })
+        .await;
+        match damaged {
+            Ok(Ok(true)) => tracing::warn!(
+                target: "gitreload::git",
+                path = %self.mirror.path().display(),
+                "mirror damaged; discarded, the next fetch clones afresh"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                target: "gitreload::git",
+                path = %self.mirror.path().display(),
+                error = %e,
+                "mirror damaged and cannot be removed"
+            ),
+            _ => {}
+        }
     }
 
     async fn fetch(&self) -> Result<Fetched, GitError> {
@@ -312,11 +471,15 @@ impl Pipeline {
         result
     }
 
-    /// Materializes `fetched`, checks it (when `check`), deploys it and
-    /// starts a reload round.
-    async fn stage_and_deploy(&mut self, fetched: &Fetched, check: bool) -> Outcome {
-        let commit = fetched.commit.clone();
-        let staged = match self.materialize(&commit).await {
+    /// Materializes `commit`, checks it (when `check`) and deploys it. On
+    /// failure the reason is logged and the sync's outcome returned.
+    async fn deploy_commit(
+        &mut self,
+        commit: &CommitId,
+        resolved_ref: &str,
+        check: bool,
+    ) -> Result<deploy::Report, Outcome> {
+        let staged = match self.materialize(commit).await {
             Ok(s) => s,
             Err(MaterializeError::Rejected {
                 commit: c,
@@ -330,22 +493,25 @@ impl Pipeline {
                     reason = %reason,
                     "commit rejected"
                 );
-                self.reject(&commit);
-                return Outcome::CheckFailed;
+                self.reject(commit);
+                return Err(Outcome::CheckFailed);
             }
             Err(MaterializeError::Git(e)) => {
                 tracing::error!(target: "gitreload::git", commit = %commit.short(), error = %e, "cannot read commit");
-                return Outcome::FetchFailed;
+                self.recover_mirror().await;
+                return Err(Outcome::FetchFailed);
             }
             Err(e) => {
                 tracing::error!(target: "gitreload::materialize", commit = %commit.short(), error = %e, "cannot stage commit");
-                return Outcome::DeployFailed;
+                return Err(Outcome::DeployFailed);
             }
         };
         let dir = staged.dir.clone();
-        let outcome = self.check_and_deploy(fetched, staged, check).await;
+        let result = self
+            .check_and_deploy(commit, resolved_ref, staged, check)
+            .await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        outcome
+        result
     }
 
     async fn materialize(&self, commit: &CommitId) -> Result<Staged, MaterializeError> {
@@ -379,11 +545,11 @@ impl Pipeline {
 
     async fn check_and_deploy(
         &mut self,
-        fetched: &Fetched,
+        commit: &CommitId,
+        resolved_ref: &str,
         staged: Staged,
         check: bool,
-    ) -> Outcome {
-        let commit = &fetched.commit;
+    ) -> Result<deploy::Report, Outcome> {
         if let (true, Some(checker)) = (check, &self.checker) {
             let began = Instant::now();
             let verdict = checker.run(&staged.dir).await;
@@ -415,12 +581,12 @@ impl Pipeline {
                         "commit rejected"
                     );
                     self.reject(commit);
-                    return Outcome::CheckFailed;
+                    return Err(Outcome::CheckFailed);
                 }
             }
         }
         if self.interrupted() {
-            return Outcome::Interrupted;
+            return Err(Outcome::Interrupted);
         }
 
         let began = Instant::now();
@@ -434,11 +600,11 @@ impl Pipeline {
         let previous = self.deployed.clone();
         let extra = self.extra_managed.clone();
         let options = self.deploy_options();
-        let resolved_ref = fetched.resolved_ref.clone();
+        let resolved = resolved_ref.to_string();
         let result = tokio::task::spawn_blocking(move || {
             deploy::deploy(
                 &staged,
-                &resolved_ref,
+                &resolved,
                 deploy::Destination {
                     dir: &dest,
                     records: &records,
@@ -457,14 +623,13 @@ impl Pipeline {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::error!(target: "gitreload::deploy", commit = %commit.short(), error = %e, "deploy failed");
-                return Outcome::DeployFailed;
+                return Err(Outcome::DeployFailed);
             }
             Err(join) => {
                 tracing::error!(target: "gitreload::deploy", commit = %commit.short(), error = %join, "deploy failed");
-                return Outcome::DeployFailed;
+                return Err(Outcome::DeployFailed);
             }
         };
-        let previous = self.deployed.as_ref().map(|m| m.commit.short().to_string());
         self.deployed = Some(manifest);
         self.extra_managed.clear();
         self.full_verify = false;
@@ -472,36 +637,47 @@ impl Pipeline {
         self.metrics.set_rejected(None);
         self.metrics.deployed(
             commit.as_str(),
-            &fetched.resolved_ref,
+            resolved_ref,
             report.written.len(),
             report.deleted.len(),
         );
-        tracing::info!(
-            target: "gitreload::deploy",
-            commit = %commit.short(),
-            previous = %previous.as_deref().unwrap_or(""),
-            r#ref = %fetched.resolved_ref,
-            files_written = report.written.len() as u64,
-            files_deleted = report.deleted.len() as u64,
-            written = %summarize(&report.written),
-            deleted = %summarize(&report.deleted),
-            duration_ms = began.elapsed().as_millis() as u64,
-            "config deployed"
-        );
-        if let Some(reloader) = &self.reloader {
-            if !report.is_empty() || previous.as_deref() != Some(commit.short()) {
-                reloader.deployed(commit.as_str());
-            }
-        }
-        Outcome::Deployed
+        Ok(report)
     }
 
-    /// Runs syncs until shutdown: on the interval (with jitter), when
-    /// `trigger` fires, and sooner after failures (backoff).
-    pub async fn run(mut self, trigger: Arc<Notify>) {
+    /// Runs until shutdown: syncs on the interval (with jitter), when
+    /// `events.sync_now` fires, and sooner after failures (backoff); checks
+    /// for drift when the watch fires and fully every verify interval;
+    /// rolls back when every replica refuses a new config.
+    pub async fn run(mut self, mut events: Events) {
         let mut failures: u32 = 0;
         let mut shutdown = self.shutdown.clone();
+        let mut next_sync = tokio::time::Instant::now();
+        let mut next_verify = tokio::time::Instant::now() + self.settings.verify_interval;
         loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_sync) => {}
+                _ = events.sync_now.notified() => {
+                    tracing::debug!("sync requested");
+                }
+                _ = events.drift.notified() => {
+                    // Let a burst of writes settle, then compare.
+                    tokio::time::sleep(DRIFT_SETTLE).await;
+                    if !self.interrupted() {
+                        self.repair(Verify::Stamp).await;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_verify) => {
+                    next_verify = tokio::time::Instant::now() + self.settings.verify_interval;
+                    self.repair(Verify::Hash).await;
+                    continue;
+                }
+                Some(refusal) = recv(&mut events.refusals) => {
+                    self.roll_back(refusal).await;
+                    continue;
+                }
+                _ = shutdown.changed() => break,
+            }
             let outcome = self.sync().await;
             if *shutdown.borrow() {
                 break;
@@ -509,22 +685,43 @@ impl Pipeline {
             let delay = match outcome {
                 Outcome::FetchFailed | Outcome::DeployFailed => {
                     failures += 1;
-                    crate::reload::backoff(failures).min(self.settings.interval)
+                    let delay = crate::reload::backoff(failures).min(self.settings.interval);
+                    tracing::info!(
+                        failures = failures as u64,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "retry scheduled"
+                    );
+                    delay
                 }
                 _ => {
                     failures = 0;
                     jittered(self.settings.interval)
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = trigger.notified() => {
-                    tracing::debug!("sync requested");
-                }
-                _ = shutdown.changed() => break,
-            }
+            next_sync = tokio::time::Instant::now() + delay;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// How long the destination must be quiet after a change event before it
+/// is compared with the manifest.
+const DRIFT_SETTLE: Duration = Duration::from_millis(150);
+
+/// What, besides the timer, makes the loop act.
+pub struct Events {
+    /// A webhook asked for a sync.
+    pub sync_now: Arc<Notify>,
+    /// The destination changed (see [`crate::drift`]).
+    pub drift: Arc<Notify>,
+    /// Every replica refused a new config (see [`crate::reload`]).
+    pub refusals: Option<tokio::sync::mpsc::UnboundedReceiver<Refusal>>,
+}
+
+async fn recv(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Refusal>>) -> Option<Refusal> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
