@@ -440,7 +440,7 @@ fn apply(
         let result = write_temp(&staged.dir.join(path), &tmp, &staged.files[*path], options);
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io("writing", &tmp, true)(e));
+            return Err(io("writing", &full, true)(e));
         }
         if existing.is_some() {
             let backup = temp_name(&full, "old");

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
     // Several TLS backends are linked in; choose one before any connection.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     gitreload::logging::init(&settings.log_level, settings.log_format);
-    runtime.block_on(run(settings))
+    let code = runtime.block_on(run(settings));
+    // A fetch abandoned at its timeout may still sit in a blocking read;
+    // do not wait for it to exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 async fn run(settings: Settings) -> ExitCode {

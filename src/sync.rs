@@ -320,6 +320,14 @@ impl Pipeline {
             tokio::task::spawn_blocking(move || deploy::drifted(&dest, &check, verify, options))
                 .await
                 .unwrap_or_default();
+        if verify == Verify::Hash {
+            tracing::debug!(
+                target: "gitreload::deploy",
+                files = manifest.files.len() as u64,
+                drifted = drifted.len() as u64,
+                "destination verified"
+            );
+        }
         if drifted.is_empty() && self.extra_managed.is_empty() {
             self.full_verify = false;
             self.reported_drift.clear();
