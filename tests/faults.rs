@@ -119,7 +119,8 @@ fn edited_deleted_and_replaced_files_are_repaired_and_targets_reloaded() {
     let dest = s.dest();
     std::fs::write(dest.join("mine.txt"), "user file\n").unwrap();
 
-    let cases: [(&str, Box<dyn Fn()>); 3] = [
+    type BreakIt<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, BreakIt); 3] = [
         (
             "edited",
             Box::new(|| std::fs::write(dest.join("prometheus.yml"), "hand edit\n").unwrap()),
