@@ -634,3 +634,38 @@ fn sigterm_stops_the_loop_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(run.count_events("stopped") == 1, "{}", run.output_tail(5));
 }
+
+#[test]
+fn mirror_is_rebuilt_before_its_packs_pile_up() {
+    let s = seeded();
+    let mut run = s
+        .gitreload_file()
+        .env("GITRELOAD_INTERVAL", "100ms")
+        .spawn();
+    run.wait_for_event(T, "config deployed");
+    let packs = || {
+        std::fs::read_dir(s.state().join("mirror.git/objects/pack"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Every fetch that brings objects adds a pack; gitreload does not repack.
+    let mut most = 0;
+    for i in 0..70 {
+        s.upstream.write("counter.txt", format!("{i}\n"));
+        s.upstream.commit_and_push(&format!("push {i}"));
+        s.wait_dest_file("counter.txt", &format!("{i}\n"), T);
+        most = most.max(packs());
+    }
+    assert!(most <= 65, "{most} packs accumulated");
+    assert!(
+        run.count_events("compacting mirror") >= 1,
+        "{}",
+        run.output_tail(5)
+    );
+    assert!(packs() <= 10, "the rebuilt mirror has {} packs", packs());
+    assert!(run.terminate().success());
+}
