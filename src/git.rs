@@ -18,7 +18,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use gix::bstr::{BStr, ByteSlice};
 use gix::objs::tree::EntryKind;
 use gix::prelude::FindExt;
 use gix::remote::Direction;
@@ -104,22 +103,24 @@ pub struct Fetched {
     pub resolved_ref: String,
 }
 
-/// One entry of a commit's tree, handed to the visitor of [`Mirror::walk_tree`].
+/// One entry of a tree, handed to the visitor of [`Mirror::walk_tree`] (and,
+/// for a working tree, by [`crate::materialize::materialize_dir`]). Paths are
+/// relative, `/`-separated bytes as stored; nothing here is a gix type.
 pub enum Entry<'a> {
     /// A directory; the visitor says whether to descend into it.
-    Dir { path: &'a BStr },
+    Dir { path: &'a [u8] },
     /// A regular file and its content.
     File {
-        path: &'a BStr,
+        path: &'a [u8],
         executable: bool,
         data: &'a [u8],
     },
     /// A file larger than the walk's limit; its content was not read.
-    Oversized { path: &'a BStr, size: u64 },
+    Oversized { path: &'a [u8], size: u64 },
     /// A symbolic link and its target, as stored.
-    Symlink { path: &'a BStr, target: &'a [u8] },
+    Symlink { path: &'a [u8], target: &'a [u8] },
     /// A submodule (a commit inside the tree); never materialized.
-    Submodule { path: &'a BStr },
+    Submodule { path: &'a [u8] },
 }
 
 /// The private bare mirror.
@@ -433,7 +434,7 @@ impl Walker<'_> {
             path.extend_from_slice(&name);
             let step = match kind {
                 EntryKind::Tree => match visit(Entry::Dir {
-                    path: path.as_bstr(),
+                    path: path.as_slice(),
                 }) {
                     Ok(true) => self.walk(oid, path, visit)?,
                     Ok(false) => Ok(()),
@@ -443,14 +444,14 @@ impl Walker<'_> {
                     let size = self.repo.find_header(oid)?.size();
                     if size > self.max_blob_size {
                         visit(Entry::Oversized {
-                            path: path.as_bstr(),
+                            path: path.as_slice(),
                             size,
                         })
                         .map(|_| ())
                     } else {
                         let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                         visit(Entry::File {
-                            path: path.as_bstr(),
+                            path: path.as_slice(),
                             executable: kind == EntryKind::BlobExecutable,
                             data: blob.data,
                         })
@@ -460,13 +461,13 @@ impl Walker<'_> {
                 EntryKind::Link => {
                     let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                     visit(Entry::Symlink {
-                        path: path.as_bstr(),
+                        path: path.as_slice(),
                         target: blob.data,
                     })
                     .map(|_| ())
                 }
                 EntryKind::Commit => visit(Entry::Submodule {
-                    path: path.as_bstr(),
+                    path: path.as_slice(),
                 })
                 .map(|_| ()),
             };

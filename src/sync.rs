@@ -26,9 +26,10 @@ use tokio::sync::{watch, Notify};
 use crate::check::{CheckError, Checker};
 use crate::deploy::{self, Manifest, Records, Verify};
 use crate::git::{CommitId, Fetched, GitError, Mirror};
-use crate::materialize::{self, Limits, MaterializeError, Staged};
+use crate::materialize::{self, Limits, MaterializeError, Rules, Staged};
 use crate::metrics::{Metrics, Stage, SyncResult};
 use crate::reload::Reloader;
+use crate::secrets::{Mode, Secrets};
 use crate::settings::Settings;
 
 /// What the HTTP server reports about the loop.
@@ -120,6 +121,8 @@ pub struct Pipeline {
     settings: Arc<Settings>,
     mirror: Arc<Mirror>,
     checker: Option<Checker>,
+    /// Path rules, limits and secrets for materializing a commit.
+    rules: Arc<Rules>,
     records: Records,
     staging_root: PathBuf,
     /// What is live on the destination.
@@ -131,6 +134,10 @@ pub struct Pipeline {
     full_verify: bool,
     /// The newest upstream commit, when it was rejected.
     rejected: Option<CommitId>,
+    /// Materialize the live commit again at the next sync even if it did
+    /// not change: its secrets (files, variables, identity) are read anew
+    /// by a new process, and the live files hold the old values.
+    restage: bool,
     metrics: Arc<Metrics>,
     reloader: Option<Reloader>,
     health: Arc<Health>,
@@ -155,6 +162,16 @@ impl Pipeline {
             )
         })?;
         let mirror = Mirror::new(&settings.state_dir, settings.repo.clone(), Vec::new());
+        // A staging directory left by a crash may hold decrypted secrets.
+        let staging_root = settings.state_dir.join("staging");
+        if staging_root.exists() {
+            std::fs::remove_dir_all(&staging_root).map_err(|e| {
+                format!(
+                    "cannot remove the old staging directory {}: {e}",
+                    staging_root.display()
+                )
+            })?;
+        }
         let records = Records::in_dir(&settings.state_dir);
         let deployed = records.load_manifest();
         let mut full_verify = deployed.is_none();
@@ -172,14 +189,33 @@ impl Pipeline {
         if let Some(m) = &deployed {
             metrics.set_live(m.commit.as_str(), &m.resolved_ref);
         }
+        let restage = deployed.as_ref().is_some_and(|m| {
+            m.files
+                .values()
+                .any(|f| matches!(f.kind, materialize::FileKind::File { secret: true, .. }))
+        });
+        let rules = Arc::new(Rules {
+            limits: Limits {
+                max_files: settings.max_files,
+                max_file_size: settings.max_file_size,
+            },
+            secrets: Secrets {
+                identities: settings.age_identity.clone(),
+                expand: settings.expand.clone(),
+                mode: Mode::Deploy,
+                max_file_size: settings.max_file_size,
+            },
+        });
         let checker = settings
             .check
             .clone()
             .map(|kind| Checker::new(kind, settings.check_timeout));
         Ok(Pipeline {
-            staging_root: settings.state_dir.join("staging"),
+            staging_root,
             mirror: Arc::new(mirror),
             checker,
+            rules,
+            restage,
             records,
             deployed,
             extra_managed,
@@ -196,6 +232,7 @@ impl Pipeline {
     fn deploy_options(&self) -> deploy::Options {
         deploy::Options {
             file_mode: self.settings.file_mode,
+            secret_file_mode: self.settings.secret_file_mode,
             owner: self.settings.file_owner,
         }
     }
@@ -241,6 +278,14 @@ impl Pipeline {
             .as_ref()
             .filter(|m| m.subdir == self.settings.subdir)
             .map(|m| m.commit.clone());
+        if live.as_ref() == Some(&fetched.commit) && self.restage {
+            self.restage = false;
+            tracing::info!(
+                commit = %fetched.commit.short(),
+                "live config holds secrets; staging it again with this process's secrets"
+            );
+            return self.stage_and_deploy(&fetched, true).await;
+        }
         if live.as_ref() == Some(&fetched.commit) {
             self.rejected = None;
             self.metrics.set_rejected(None);
@@ -311,14 +356,10 @@ impl Pipeline {
         let commit = fetched.commit.clone();
         let staged = match self.materialize(&commit).await {
             Ok(s) => s,
-            Err(MaterializeError::Rejected {
-                commit: c,
-                path,
-                reason,
-            }) => {
+            Err(MaterializeError::Rejected { path, reason }) => {
                 tracing::error!(
                     target: "gitreload::materialize",
-                    commit = %short(&c),
+                    commit = %commit.short(),
                     path = %path,
                     reason = %reason,
                     "commit rejected"
@@ -347,12 +388,9 @@ impl Pipeline {
         let commit = commit.clone();
         let subdir = self.settings.subdir.clone();
         let root = self.staging_root.clone();
-        let limits = Limits {
-            max_files: self.settings.max_files,
-            max_file_size: self.settings.max_file_size,
-        };
+        let rules = self.rules.clone();
         let result = tokio::task::spawn_blocking(move || {
-            materialize::materialize(&mirror, &commit, &subdir, &root, limits)
+            materialize::materialize(&mirror, &commit, &subdir, &root, &rules)
         })
         .await
         .unwrap_or_else(|join| {
@@ -383,6 +421,7 @@ impl Pipeline {
             self.metrics.stage(Stage::check, began.elapsed());
             match verdict {
                 Ok(output) => {
+                    let output = staged.redactions.apply(&output);
                     tracing::info!(
                         target: "gitreload::check",
                         commit = %commit.short(),
@@ -395,7 +434,7 @@ impl Pipeline {
                 Err(e) => {
                     let (status, output) = match &e {
                         CheckError::Rejected { status, output, .. } => {
-                            (status.clone(), output.clone())
+                            (status.clone(), staged.redactions.apply(output))
                         }
                         other => (other.to_string(), String::new()),
                     };
@@ -519,10 +558,6 @@ impl Pipeline {
         }
         tracing::info!("stopped");
     }
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..7.min(commit.len())]
 }
 
 /// Up to ten paths, comma-separated, then a count of the rest.
