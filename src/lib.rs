@@ -16,6 +16,7 @@
 //!                 sync: the loop that runs the stages (timer, webhook, once)
 //!          beside it: http (metrics, health, webhook), metrics, logging
 //!
+//! gitreload validate DIR: working tree ─▶ materialize ─▶ check (no deploy)
 //! ```
 //!
 //! | module | what it does | data out |
@@ -28,6 +29,7 @@
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
 //! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`] |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
+//! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
@@ -65,3 +67,4 @@ pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod sync;
+pub mod validate;

@@ -1,6 +1,7 @@
 //! The gitreload binary: parses the command line, validates the settings,
 //! and wires the stages together. All behaviour lives in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,17 @@ enum Command {
     /// Exit 0 if the running instance is ready (GET /readyz), 1 otherwise.
     /// For a Docker HEALTHCHECK in an image without curl.
     Healthcheck,
+    /// Check a local checkout as the sidecar checks a commit, before it is
+    /// pushed: path rules, limits, .age decryption, substitution and the
+    /// checker. Reads GITRELOAD_CHECK, CHECK_TIMEOUT, SUBDIR, EXPAND,
+    /// AGE_IDENTITY_FILE, MAX_FILES and MAX_FILE_SIZE; secrets that are
+    /// absent are replaced by a marked placeholder, with a warning each.
+    /// Exit 0: valid; 1: invalid; 2: bad settings or no such directory.
+    Validate {
+        /// The checkout (working tree files as they are on disk).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return ExitCode::from(runtime.block_on(http::healthcheck(addr)) as u8);
+    }
+    if let Some(Command::Validate { dir }) = &cli.command {
+        return validate(&runtime, dir);
     }
     let mut settings = match Settings::from_env() {
         Ok(s) => s,
@@ -185,6 +200,51 @@ async fn run(settings: Settings) -> ExitCode {
     }
     pipeline.run(trigger).await;
     ExitCode::SUCCESS
+}
+
+/// `gitreload validate DIR`: warnings and verdict for a person or a CI log.
+fn validate(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> ExitCode {
+    let settings = match Settings::for_validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gitreload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match runtime.block_on(gitreload::validate::validate(&settings, dir)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gitreload validate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let shown = dir.display();
+    match (&report.verdict, &report.checker) {
+        (Ok(output), checker) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            match checker {
+                Some(c) => println!(
+                    "gitreload validate: {shown}: valid ({} files, {c})",
+                    report.files
+                ),
+                None => println!(
+                    "gitreload validate: {shown}: path rules and secrets pass ({} files); \
+                     GITRELOAD_CHECK is not set, so no checker ran",
+                    report.files
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        (Err(why), _) => {
+            eprintln!("gitreload validate: {shown}: invalid: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {
