@@ -609,3 +609,79 @@ fn validate_decrypts_with_an_identity_and_checks_the_plaintext() {
     assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// The examples in deploy/ for the config repository
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name)
+}
+
+#[test]
+fn pre_push_hook_refuses_a_commit_the_sidecar_would_reject() {
+    let up = Upstream::new();
+    let hook = up.work_path().join(".git/hooks/pre-push");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::copy(example("pre-push"), &hook).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let push = || {
+        up.git_command()
+            .current_dir(up.work_path())
+            .args(["push", "-q", "origin", "HEAD:refs/heads/main"])
+            .env("GITRELOAD", Gitreload::binary())
+            .env("GITRELOAD_CHECK", "prometheus")
+            .output()
+            .unwrap()
+    };
+
+    up.write("prometheus.yml", prometheus_yml("good"));
+    let good = up.commit("good");
+    let out = push();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("valid (1 files"), "{said}");
+    assert_eq!(up.remote_head("main").as_deref(), Some(good.as_str()));
+
+    up.write("prometheus.yml", invalid_prometheus_yml());
+    up.commit("broken");
+    // An untracked file in the working tree plays no part: the commit is checked.
+    up.write("untracked.yml", "not: [valid");
+    up.write("prometheus.yml", prometheus_yml("fixed but not committed"));
+    let out = push();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("field scrape_configz not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("push refused"), "{stderr}");
+    assert_eq!(up.remote_head("main").as_deref(), Some(good.as_str()));
+}
+
+#[test]
+fn config_repo_ci_example_runs_gitreload_validate_for_each_deployed_directory() {
+    let text = std::fs::read_to_string(example("config-repo-ci.yml")).unwrap();
+    let ci: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let job = &ci["jobs"]["validate"];
+    let matrix = job["strategy"]["matrix"]["include"].as_sequence().unwrap();
+    assert!(!matrix.is_empty());
+    for entry in matrix {
+        assert!(entry["subdir"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(entry["image"].as_str().is_some());
+    }
+    let run: String = job["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    assert!(run.contains("validate /config"), "{run}");
+    assert!(run.contains("GITRELOAD_SUBDIR"), "{run}");
+    assert!(run.contains("GITRELOAD_AGE_IDENTITY_FILE"), "{run}");
+}
