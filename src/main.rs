@@ -105,6 +105,8 @@ async fn run(settings: Settings) -> ExitCode {
         interval = %field("interval"),
         check = %field("check"),
         targets = %field("targets"),
+        expand = %field("expand"),
+        age_identities = %field("age_identities"),
         listen = %field("listen"),
         webhook_secret = %field("webhook_secret"),
         once = settings.once,

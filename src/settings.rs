@@ -6,7 +6,11 @@
 //!   the variable, says what is wrong and what form is expected, e.g.
 //!   `GITRELOAD_INTERVAL="30": expected a duration such as 500ms, 30s or 5m`.
 //! - Secret-bearing values (passwords in URLs, webhook secrets) never appear in
-//!   an error or in [`Settings::summary`]; only `***` does.
+//!   an error or in [`Settings::summary`]; only `***` does. The age identity
+//!   file is read and parsed here, so a bad one stops gitreload at start;
+//!   errors about it name the variable and a line number, never a key.
+//! - `gitreload validate` reads only the variables that decide how a tree is
+//!   staged and checked ([`Settings::for_validate`]); both paths share them.
 //! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
 //!   fall back to a default).
 //! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
@@ -923,6 +927,62 @@ mod tests {
             err.to_string().contains("did you mean GITRELOAD_INTERVAL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn validate_needs_no_repo_nor_dest_and_still_refuses_typos() {
+        let v = Settings::for_validate_from_vars(vars(&[
+            ("GITRELOAD_CHECK", "prometheus"),
+            ("GITRELOAD_EXPAND", "alertmanager.yml, secrets/*.yml"),
+            ("GITRELOAD_SUBDIR", "/alertmanager/"),
+        ]))
+        .unwrap();
+        assert_eq!(v.check, Some(CheckerKind::Prometheus));
+        assert_eq!(v.subdir, "alertmanager");
+        assert_eq!(
+            v.expand.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            ["alertmanager.yml", "secrets/*.yml"]
+        );
+        assert!(v.age_identity.is_none());
+        let err =
+            Settings::for_validate_from_vars(vars(&[("GITRELOAD_EXPANDS", "x")])).unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean GITRELOAD_EXPAND"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_settings_name_the_variable() {
+        let base = [
+            ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+        ];
+        let with = |extra: (&str, &str)| {
+            let mut v = vars(&base);
+            v.push((extra.0.to_string(), extra.1.to_string()));
+            Settings::from_vars(v)
+        };
+        let ok = with(("GITRELOAD_INTERVAL", "30s")).unwrap();
+        assert_eq!(ok.secret_file_mode, 0o640);
+        assert!(ok.expand.is_empty() && ok.age_identity.is_none());
+        let err = with(("GITRELOAD_EXPAND", "a/[b.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_EXPAND="), "{err}");
+        let err = with(("GITRELOAD_EXPAND", "/etc/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let err = with(("GITRELOAD_SECRET_FILE_MODE", "640x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_SECRET_FILE_MODE="), "{err}");
+        let err = with(("GITRELOAD_AGE_IDENTITY_FILE", "/nonexistent/key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_AGE_IDENTITY_FILE="), "{err}");
     }
 
     #[test]
