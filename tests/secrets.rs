@@ -291,7 +291,10 @@ fn encrypted_alertmanager_config_is_served_by_both_replicas_and_its_plaintext_le
     assert!(run.terminate().success());
 
     // The scan does find plaintext where it belongs.
-    assert_eq!(files_containing(&s.dest(), SLACK_TOKEN), [deployed.clone()]);
+    assert_eq!(
+        files_containing(&s.dest(), SLACK_TOKEN),
+        vec![deployed.clone()]
+    );
     let mut log = run.lines();
     log.extend(
         once.stdout
