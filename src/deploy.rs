@@ -17,6 +17,8 @@
 //!   commit.
 //! - A deploy cut off by a crash is detected on the next start through the
 //!   journal: leftovers are cleaned and the next deploy rehashes everything.
+//! - Secret files (decrypted or substituted, see [`crate::secrets`]) get
+//!   `GITRELOAD_SECRET_FILE_MODE` instead of `GITRELOAD_FILE_MODE`.
 //! - This stage never talks to the network and never runs the checker.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,15 +103,24 @@ pub enum Verify {
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub file_mode: u32,
+    /// Mode of decrypted or substituted files (`GITRELOAD_SECRET_FILE_MODE`).
+    pub secret_file_mode: u32,
     pub owner: Option<Owner>,
 }
 
 impl Options {
-    fn mode_of(&self, executable: bool) -> u32 {
-        if executable {
-            self.file_mode | ((self.file_mode & 0o444) >> 2)
+    /// The mode a file gets: the secret mode for secret files, exec bits
+    /// added (where read is allowed) for executables.
+    fn mode_of(&self, executable: bool, secret: bool) -> u32 {
+        let base = if secret {
+            self.secret_file_mode
         } else {
             self.file_mode
+        };
+        if executable {
+            base | ((base & 0o444) >> 2)
+        } else {
+            base
         }
     }
     fn dir_mode(&self) -> u32 {
@@ -381,11 +392,15 @@ fn matches(
     match kind {
         FileKind::Symlink { target } => Ok(meta.file_type().is_symlink()
             && std::fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())),
-        FileKind::File { sha256, executable } => {
+        FileKind::File {
+            sha256,
+            executable,
+            secret,
+        } => {
             if !meta.file_type().is_file() {
                 return Ok(false);
             }
-            if meta.permissions().mode() & 0o7777 != options.mode_of(*executable) {
+            if meta.permissions().mode() & 0o7777 != options.mode_of(*executable, *secret) {
                 return Ok(false);
             }
             if let (Verify::Stamp, Some(known)) = (verify, known) {
@@ -520,8 +535,10 @@ use std::os::unix::fs::DirBuilderExt;
 fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> std::io::Result<()> {
     match kind {
         FileKind::Symlink { target } => std::os::unix::fs::symlink(target, tmp),
-        FileKind::File { executable, .. } => {
-            let mode = options.mode_of(*executable);
+        FileKind::File {
+            executable, secret, ..
+        } => {
+            let mode = options.mode_of(*executable, *secret);
             let mut input = File::open(source)?;
             let mut output = std::fs::OpenOptions::new()
                 .write(true)

@@ -18,7 +18,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use gix::bstr::{BStr, ByteSlice};
 use gix::objs::tree::EntryKind;
 use gix::prelude::FindExt;
 use gix::remote::Direction;
@@ -104,22 +103,24 @@ pub struct Fetched {
     pub resolved_ref: String,
 }
 
-/// One entry of a commit's tree, handed to the visitor of [`Mirror::walk_tree`].
+/// One entry of a tree, handed to the visitor of [`Mirror::walk_tree`] (and,
+/// for a working tree, by [`crate::materialize::materialize_dir`]). Paths are
+/// relative, `/`-separated bytes as stored; nothing here is a gix type.
 pub enum Entry<'a> {
     /// A directory; the visitor says whether to descend into it.
-    Dir { path: &'a BStr },
+    Dir { path: &'a [u8] },
     /// A regular file and its content.
     File {
-        path: &'a BStr,
+        path: &'a [u8],
         executable: bool,
         data: &'a [u8],
     },
     /// A file larger than the walk's limit; its content was not read.
-    Oversized { path: &'a BStr, size: u64 },
+    Oversized { path: &'a [u8], size: u64 },
     /// A symbolic link and its target, as stored.
-    Symlink { path: &'a BStr, target: &'a [u8] },
+    Symlink { path: &'a [u8], target: &'a [u8] },
     /// A submodule (a commit inside the tree); never materialized.
-    Submodule { path: &'a BStr },
+    Submodule { path: &'a [u8] },
 }
 
 /// The private bare mirror.
@@ -369,6 +370,33 @@ impl Mirror {
         false
     }
 
+    /// Removes lock and temp files a killed process left in the mirror (a
+    /// ref's `.lock`, an unfinished pack). Only safe while this process
+    /// holds the state directory (see [`crate::state::lock_dir`]). Returns
+    /// how many were removed.
+    pub fn remove_stale_locks(&self) -> usize {
+        let mut removed = 0;
+        let mut stack = vec![self.path.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else if (name.ends_with(".lock") || name.starts_with("tmp_"))
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes the mirror, so the next fetch clones afresh.
     pub fn discard(&self) -> std::io::Result<()> {
         match std::fs::remove_dir_all(&self.path) {
@@ -473,7 +501,7 @@ impl Walker<'_> {
             path.extend_from_slice(&name);
             let step = match kind {
                 EntryKind::Tree => match visit(Entry::Dir {
-                    path: path.as_bstr(),
+                    path: path.as_slice(),
                 }) {
                     Ok(true) => self.walk(oid, path, visit)?,
                     Ok(false) => Ok(()),
@@ -483,14 +511,14 @@ impl Walker<'_> {
                     let size = self.repo.find_header(oid)?.size();
                     if size > self.max_blob_size {
                         visit(Entry::Oversized {
-                            path: path.as_bstr(),
+                            path: path.as_slice(),
                             size,
                         })
                         .map(|_| ())
                     } else {
                         let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                         visit(Entry::File {
-                            path: path.as_bstr(),
+                            path: path.as_slice(),
                             executable: kind == EntryKind::BlobExecutable,
                             data: blob.data,
                         })
@@ -500,13 +528,13 @@ impl Walker<'_> {
                 EntryKind::Link => {
                     let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                     visit(Entry::Symlink {
-                        path: path.as_bstr(),
+                        path: path.as_slice(),
                         target: blob.data,
                     })
                     .map(|_| ())
                 }
                 EntryKind::Commit => visit(Entry::Submodule {
-                    path: path.as_bstr(),
+                    path: path.as_slice(),
                 })
                 .map(|_| ()),
             };

@@ -10,22 +10,27 @@
 //! settings ─▶ git ─▶ materialize ─▶ check ─▶ deploy ─▶ reload
 //!  (env)   (mirror,  (commit tree   (promtool, (dest == (POST /-/reload
 //!           fetch,    → staging,     amtool,    staged,  to every A record,
-//!           resolve)  path rules)    command)   atomic)  retried)
+//!           resolve)  path rules,    command)   atomic)  retried)
+//!                     secrets)
 //!                         ▲
 //!                 sync: the loop that runs the stages (timer, webhook, once)
 //!          beside it: http (metrics, health, webhook), metrics, logging
+//!
+//! gitreload validate DIR: working tree ─▶ materialize ─▶ check (no deploy)
 //! ```
 //!
 //! | module | what it does | data out |
 //! |---|---|---|
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
 //! | [`git`] | private bare mirror in the state dir; fetch, resolve the ref | [`git::Fetched`] (a [`git::CommitId`]) |
-//! | [`materialize`] | writes the commit's tree to a fresh staging dir, applies path rules and limits | [`materialize::Staged`] (dir + hash per file) |
+//! | [`materialize`] | writes a commit's tree (or a working tree) to a fresh staging dir, applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
+//! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
 //! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`], [`reload::Refusal`] |
 //! | [`drift`] | watches the destination for changes by others | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
+//! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
@@ -42,7 +47,12 @@
 //! - The state dir is never inside the destination; the mirror never stores
 //!   the repository URL (it may carry credentials).
 //! - No secret reaches a log line, an error, a metric label or the state dir:
-//!   URLs pass through [`redact`] before they are shown.
+//!   URLs pass through [`redact`] before they are shown. Decrypted and
+//!   substituted content exists only in the staging dir (0700, removed after
+//!   each sync and at start) and on the destination (with
+//!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
+//!   name a reference, never its value, and substituted values are masked
+//!   in the checker's output.
 //! - Every loop is driven by a timer or an event; nothing busy-waits.
 
 pub mod check;
@@ -55,6 +65,8 @@ pub mod materialize;
 pub mod metrics;
 pub mod redact;
 pub mod reload;
+pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod sync;
+pub mod validate;

@@ -1,6 +1,7 @@
 //! The gitreload binary: parses the command line, validates the settings,
 //! and wires the stages together. All behaviour lives in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,17 @@ enum Command {
     /// Exit 0 if the running instance is ready (GET /readyz), 1 otherwise.
     /// For a Docker HEALTHCHECK in an image without curl.
     Healthcheck,
+    /// Check a local checkout as the sidecar checks a commit, before it is
+    /// pushed: path rules, limits, .age decryption, substitution and the
+    /// checker. Reads GITRELOAD_CHECK, CHECK_TIMEOUT, SUBDIR, EXPAND,
+    /// AGE_IDENTITY_FILE, MAX_FILES and MAX_FILE_SIZE; secrets that are
+    /// absent are replaced by a marked placeholder, with a warning each.
+    /// Exit 0: valid; 1: invalid; 2: bad settings or no such directory.
+    Validate {
+        /// The checkout (working tree files as they are on disk).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return ExitCode::from(runtime.block_on(http::healthcheck(addr)) as u8);
+    }
+    if let Some(Command::Validate { dir }) = &cli.command {
+        return validate(&runtime, dir);
     }
     let mut settings = match Settings::from_env() {
         Ok(s) => s,
@@ -94,6 +109,8 @@ async fn run(settings: Settings) -> ExitCode {
         interval = %field("interval"),
         check = %field("check"),
         targets = %field("targets"),
+        expand = %field("expand"),
+        age_identities = %field("age_identities"),
         listen = %field("listen"),
         webhook_secret = %field("webhook_secret"),
         once = settings.once,
@@ -116,6 +133,19 @@ async fn run(settings: Settings) -> ExitCode {
         let _ = shutdown_tx.send(true);
     });
 
+    if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
+        tracing::error!(path = %settings.state_dir.display(), error = %e, "cannot create the state directory");
+        return ExitCode::FAILURE;
+    }
+    // One process per state directory, taken before anything reads it.
+    let _state_lock = match gitreload::state::lock_dir(&settings.state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+
     let reloader = if settings.targets.is_empty() {
         None
     } else {
@@ -130,13 +160,6 @@ async fn run(settings: Settings) -> ExitCode {
             attempts: settings.once.then_some(settings.reload_attempts),
             state_file: settings.state_dir.join("reload.json"),
         };
-        if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
-            eprintln!(
-                "gitreload: cannot create {}: {e}",
-                settings.state_dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
         match Reloader::spawn(config, metrics.clone()) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -206,6 +229,51 @@ async fn run(settings: Settings) -> ExitCode {
     };
     pipeline.run(events).await;
     ExitCode::SUCCESS
+}
+
+/// `gitreload validate DIR`: warnings and verdict for a person or a CI log.
+fn validate(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> ExitCode {
+    let settings = match Settings::for_validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gitreload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match runtime.block_on(gitreload::validate::validate(&settings, dir)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gitreload validate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let shown = dir.display();
+    match (&report.verdict, &report.checker) {
+        (Ok(output), checker) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            match checker {
+                Some(c) => println!(
+                    "gitreload validate: {shown}: valid ({} files, {c})",
+                    report.files
+                ),
+                None => println!(
+                    "gitreload validate: {shown}: path rules and secrets pass ({} files); \
+                     GITRELOAD_CHECK is not set, so no checker ran",
+                    report.files
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        (Err(why), _) => {
+            eprintln!("gitreload validate: {shown}: invalid: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,26 +1,36 @@
-//! Materialize: write the tree of one commit into a fresh staging directory,
-//! applying the path rules, and describe every file by its content hash.
+//! Materialize: write a tree (the tree of one commit, or a working tree for
+//! `gitreload validate`) into a fresh staging directory, applying the path
+//! rules and the secrets, and describe every file by its content hash.
 //!
 //! Promises:
+//! - One [`Stager`] applies every rule, whatever the tree comes from: a
+//!   commit in the mirror ([`materialize`]) or a directory on disk
+//!   ([`materialize_dir`]). The rules are never written twice.
 //! - The staging directory holds exactly what may be deployed: nothing whose
 //!   name starts with `.` (at any depth), no submodule, no symlink that
 //!   leaves the deployed tree, no name the destination filesystem cannot
-//!   hold.
-//! - A commit that breaks a rule is rejected as a whole, with the path at
-//!   fault named; there is no partial staging.
+//!   hold. `.age` files are decrypted and staged without the suffix; files
+//!   matching `GITRELOAD_EXPAND` have their references substituted
+//!   ([`crate::secrets`]). The checker therefore sees the real config.
+//! - A tree that breaks a rule is rejected as a whole, with the path at
+//!   fault named; there is no partial staging. A failed staging directory
+//!   is removed, so no plaintext stays behind.
 //! - Limits (`max_files`, `max_file_size`) are enforced while reading, so a
 //!   hostile commit cannot exhaust memory or disk.
-//! - The returned [`Staged`] lists each file with its SHA-256, exec bit or
-//!   link target: the deploy stage compares by these, never by mtime.
+//! - The returned [`Staged`] lists each file with its SHA-256 (of the final,
+//!   decrypted and substituted content), exec bit, secret flag or link
+//!   target: the deploy stage compares by these, never by mtime.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::git::{CommitId, Entry, GitError, Mirror};
+use crate::secrets::{self, Findings, Redactions, Secrets};
 
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -29,8 +39,15 @@ const NAME_MAX: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
-    /// A regular file; `executable` keeps git's 100755 mode.
-    File { sha256: String, executable: bool },
+    /// A regular file; `executable` keeps git's 100755 mode; `secret` marks
+    /// a decrypted or substituted file (deployed with
+    /// `GITRELOAD_SECRET_FILE_MODE`).
+    File {
+        sha256: String,
+        executable: bool,
+        #[serde(default)]
+        secret: bool,
+    },
     /// A symbolic link whose target stays inside the tree.
     Symlink { target: String },
 }
@@ -45,32 +62,57 @@ pub struct Staged {
     pub dir: PathBuf,
     /// Every deployable path, relative, `/`-separated.
     pub files: BTreeMap<String, FileKind>,
+    /// Substituted values, to mask in the checker's output.
+    pub redactions: Redactions,
 }
 
-/// Why a commit cannot be materialized.
+/// A working tree written out to a staging directory (`gitreload validate`).
+#[derive(Debug)]
+pub struct Checkout {
+    /// The staging directory (the checker's working directory).
+    pub dir: PathBuf,
+    /// Every deployable path, relative, `/`-separated.
+    pub files: BTreeMap<String, FileKind>,
+    /// Substituted values, to mask in the checker's output.
+    pub redactions: Redactions,
+    /// Things the user should know: placeholders used, submodules skipped,
+    /// `GITRELOAD_EXPAND` patterns that matched nothing.
+    pub warnings: Vec<String>,
+}
+
+/// Why a tree cannot be materialized.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
     #[error(transparent)]
     Git(#[from] GitError),
-    /// The commit itself breaks a rule: it is rejected until upstream moves.
-    #[error("commit {commit} rejected: {path}: {reason}")]
-    Rejected {
-        commit: String,
-        path: String,
-        reason: String,
-    },
+    /// The tree itself breaks a rule: a commit is rejected until upstream
+    /// moves.
+    #[error("{path}: {reason}")]
+    Rejected { path: String, reason: String },
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// Limits applied while reading a commit.
+/// Limits applied while reading a tree.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_files: usize,
     pub max_file_size: u64,
+}
+
+/// Everything that decides what a tree becomes in staging.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub limits: Limits,
+    pub secrets: Secrets,
 }
 
 /// Writes `commit` (below `subdir`) into `staging_root/<commit>`, replacing
@@ -80,13 +122,9 @@ pub fn materialize(
     commit: &CommitId,
     subdir: &str,
     staging_root: &Path,
-    limits: Limits,
+    rules: &Rules,
 ) -> Result<Staged, MaterializeError> {
     let dir = staging_root.join(commit.as_str());
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| MaterializeError::Io { path, source }
-    };
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
@@ -95,23 +133,124 @@ pub fn materialize(
         .mode(0o700)
         .create(&dir)
         .map_err(io(&dir))?;
+    let mut stager = Stager::new(&dir, rules);
+    let walked = mirror
+        .walk_tree(commit, subdir, rules.limits.max_file_size, &mut |entry| {
+            stager.visit(entry)
+        })
+        .map_err(MaterializeError::from)
+        .and_then(|visited| visited);
+    if let Err(e) = walked {
+        drop(stager);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    let (files, findings, notices) = stager.finish();
+    for notice in notices {
+        tracing::warn!(commit = %commit.short(), "{notice}");
+    }
+    Ok(Staged {
+        commit: commit.clone(),
+        subdir: subdir.to_string(),
+        dir,
+        files,
+        redactions: findings.redactions,
+    })
+}
 
-    let mut files = BTreeMap::new();
-    let mut failure: Option<MaterializeError> = None;
-    let reject = |path: &str, reason: String| MaterializeError::Rejected {
-        commit: commit.to_string(),
+/// Writes the working tree at `source` into `staging` (created here, 0700;
+/// its parent must exist), with the same rules as a commit. The files are
+/// taken as they are on disk: untracked files count, `.git` and every other
+/// dot-name is skipped, a directory holding `.git` is a submodule, a file
+/// with any owner exec bit is executable, symlinks are not followed.
+pub fn materialize_dir(
+    source: &Path,
+    staging: &Path,
+    rules: &Rules,
+) -> Result<Checkout, MaterializeError> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(staging)
+        .map_err(io(staging))?;
+    let mut stager = Stager::new(staging, rules);
+    let mut rel = Vec::new();
+    let walked = walk_dir(source, &mut rel, rules.limits.max_file_size, &mut |entry| {
+        stager.visit(entry)
+    });
+    if let Err(e) = walked {
+        drop(stager);
+        let _ = std::fs::remove_dir_all(staging);
+        return Err(e);
+    }
+    let (files, findings, mut warnings) = stager.finish();
+    warnings.extend(findings.placeholders);
+    for (pattern, used) in rules.secrets.expand.iter().zip(&findings.patterns_used) {
+        if !used {
+            warnings.push(format!(
+                "GITRELOAD_EXPAND pattern {:?} matches no file",
+                pattern.as_str()
+            ));
+        }
+    }
+    Ok(Checkout {
+        dir: staging.to_path_buf(),
+        files,
+        redactions: findings.redactions,
+        warnings,
+    })
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
+    let path = path.to_path_buf();
+    move |source| MaterializeError::Io { path, source }
+}
+
+fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
+    MaterializeError::Rejected {
         path: path.to_string(),
-        reason,
-    };
-    let mut visit = |entry: Entry<'_>| -> Result<bool, MaterializeError> {
+        reason: reason.into(),
+    }
+}
+
+/// Applies the path rules, limits and secrets to the entries of one tree,
+/// writing what may be deployed into the staging directory.
+pub struct Stager<'a> {
+    dir: &'a Path,
+    rules: &'a Rules,
+    files: BTreeMap<String, FileKind>,
+    findings: Findings,
+    /// Skipped submodules, to report.
+    notices: Vec<String>,
+}
+
+impl<'a> Stager<'a> {
+    pub fn new(dir: &'a Path, rules: &'a Rules) -> Stager<'a> {
+        Stager {
+            dir,
+            rules,
+            files: BTreeMap::new(),
+            findings: Findings::default(),
+            notices: Vec::new(),
+        }
+    }
+
+    /// What was staged, what was learned about secrets, and notices.
+    pub fn finish(self) -> (BTreeMap<String, FileKind>, Findings, Vec<String>) {
+        (self.files, self.findings, self.notices)
+    }
+
+    /// Handles one entry. For a directory, `Ok(true)` means descend.
+    pub fn visit(&mut self, entry: Entry<'_>) -> Result<bool, MaterializeError> {
+        let named =
+            |path: &[u8]| checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r));
         match entry {
             Entry::Dir { path } => {
-                let path =
-                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
-                let target = dir.join(&path);
+                self.ensure_free(&path, &path)?;
+                let target = self.dir.join(&path);
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&target)
@@ -121,13 +260,12 @@ pub fn materialize(
             Entry::Submodule { path } => {
                 let path = String::from_utf8_lossy(path);
                 if !is_hidden(&path) {
-                    tracing::warn!(commit = %commit.short(), path = %path, "submodule skipped");
+                    self.notices.push(format!("{path}: submodule skipped"));
                 }
                 Ok(false)
             }
             Entry::Oversized { path, size } => {
-                let path =
-                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
@@ -135,7 +273,7 @@ pub fn materialize(
                     &path,
                     format!(
                         "file is {size} bytes, over the limit of {} (GITRELOAD_MAX_FILE_SIZE)",
-                        limits.max_file_size
+                        self.rules.limits.max_file_size
                     ),
                 ))
             }
@@ -144,37 +282,51 @@ pub fn materialize(
                 executable,
                 data,
             } => {
-                let path =
-                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
-                count(&files, limits, &path).map_err(|r| reject(&path, r))?;
-                let target = dir.join(&path);
+                self.count(&path)?;
+                let (deployed, _) = secrets::deployed_name(&path);
+                let deployed = deployed.to_string();
+                self.ensure_free(&path, &deployed)?;
+                let resolved = self
+                    .rules
+                    .secrets
+                    .resolve(&path, data, &mut self.findings)
+                    .map_err(|r| reject(&path, r))?;
+                let target = self.dir.join(&deployed);
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(if executable { 0o700 } else { 0o600 })
                     .open(&target)
                     .map_err(io(&target))?;
-                file.write_all(data).map_err(io(&target))?;
-                let sha256 = hex::encode(Sha256::digest(data));
-                files.insert(path, FileKind::File { sha256, executable });
+                file.write_all(&resolved.data).map_err(io(&target))?;
+                let sha256 = hex::encode(Sha256::digest(&resolved.data));
+                self.files.insert(
+                    deployed,
+                    FileKind::File {
+                        sha256,
+                        executable,
+                        secret: resolved.secret,
+                    },
+                );
                 Ok(false)
             }
             Entry::Symlink { path, target } => {
-                let path =
-                    checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r))?;
+                let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
-                count(&files, limits, &path).map_err(|r| reject(&path, r))?;
+                self.count(&path)?;
                 let target = std::str::from_utf8(target)
-                    .map_err(|_| reject(&path, "symlink target is not valid UTF-8".into()))?;
+                    .map_err(|_| reject(&path, "symlink target is not valid UTF-8"))?;
                 check_link(&path, target).map_err(|r| reject(&path, r))?;
-                let link = dir.join(&path);
+                self.ensure_free(&path, &path)?;
+                let link = self.dir.join(&path);
                 std::os::unix::fs::symlink(target, &link).map_err(io(&link))?;
-                files.insert(
+                self.files.insert(
                     path,
                     FileKind::Symlink {
                         target: target.to_string(),
@@ -183,21 +335,104 @@ pub fn materialize(
                 Ok(false)
             }
         }
+    }
+
+    fn count(&self, path: &str) -> Result<(), MaterializeError> {
+        count(&self.files, self.rules.limits, path).map_err(|r| reject(path, r))
+    }
+
+    /// Rejects `path` when its deployed name is already taken: `x.yml` and
+    /// `x.yml.age` (or a directory `x` and `x.age`) in one tree.
+    fn ensure_free(&self, path: &str, deployed: &str) -> Result<(), MaterializeError> {
+        if self.dir.join(deployed).symlink_metadata().is_err() {
+            return Ok(());
+        }
+        let plain = deployed;
+        Err(reject(
+            path,
+            format!(
+                "both {plain} and {plain}{} are in the tree, and the encrypted one is deployed \
+                 as {plain}; keep only one",
+                secrets::AGE_SUFFIX
+            ),
+        ))
+    }
+}
+
+/// Walks a directory on disk like [`Mirror::walk_tree`] walks a commit,
+/// handing the same [`Entry`] values to `visit`, in name order.
+fn walk_dir(
+    root: &Path,
+    rel: &mut Vec<u8>,
+    max_file_size: u64,
+    visit: &mut dyn FnMut(Entry<'_>) -> Result<bool, MaterializeError>,
+) -> Result<(), MaterializeError> {
+    let dir = root.join(std::ffi::OsStr::from_bytes(rel));
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MaterializeError::Read { path, source }
     };
-    match mirror.walk_tree(commit, subdir, limits.max_file_size, &mut visit)? {
-        Ok(()) => {}
-        Err(e) => failure = Some(e),
+    let mut entries = std::fs::read_dir(&dir)
+        .map_err(read(&dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(&dir))?;
+    entries.sort();
+    for name in entries {
+        let base = rel.len();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.as_bytes());
+        let full = dir.join(&name);
+        let meta = full.symlink_metadata().map_err(read(&full))?;
+        let kind = meta.file_type();
+        let step = if kind.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(read(&full))?;
+            visit(Entry::Symlink {
+                path: rel,
+                target: target.as_os_str().as_bytes(),
+            })
+            .map(|_| ())
+        } else if kind.is_dir() {
+            if full.join(".git").symlink_metadata().is_ok() {
+                visit(Entry::Submodule { path: rel }).map(|_| ())
+            } else if visit(Entry::Dir { path: rel })? {
+                walk_dir(root, rel, max_file_size, visit)
+            } else {
+                Ok(())
+            }
+        } else if kind.is_file() {
+            if meta.len() > max_file_size {
+                visit(Entry::Oversized {
+                    path: rel,
+                    size: meta.len(),
+                })
+                .map(|_| ())
+            } else {
+                let mut data = Vec::new();
+                std::fs::File::open(&full)
+                    .and_then(|f| f.take(max_file_size + 1).read_to_end(&mut data))
+                    .map_err(read(&full))?;
+                visit(Entry::File {
+                    path: rel,
+                    executable: meta.permissions().mode() & 0o100 != 0,
+                    data: &data,
+                })
+                .map(|_| ())
+            }
+        } else {
+            let path = String::from_utf8_lossy(rel).into_owned();
+            if is_hidden(&path) {
+                Ok(())
+            } else {
+                Err(reject(&path, "is not a regular file, directory or symlink"))
+            }
+        };
+        rel.truncate(base);
+        step?;
     }
-    if let Some(e) = failure {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
-    Ok(Staged {
-        commit: commit.clone(),
-        subdir: subdir.to_string(),
-        dir,
-        files,
-    })
+    Ok(())
 }
 
 fn count(files: &BTreeMap<String, FileKind>, limits: Limits, _path: &str) -> Result<(), String> {
@@ -284,6 +519,56 @@ mod tests {
         assert!(check_link("a", "../b").is_err());
         assert!(check_link("a", "/etc/passwd").is_err());
         assert!(check_link("dir/a", "x/../../../etc").is_err());
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            limits: Limits {
+                max_files: 100,
+                max_file_size: 1 << 20,
+            },
+            secrets: Secrets::none(secrets::Mode::Deploy, 1 << 20),
+        }
+    }
+
+    #[test]
+    fn working_tree_follows_the_commit_rules() {
+        let src = tempfile::TempDir::new().unwrap();
+        let root = src.path();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/config"), "x").unwrap();
+        std::fs::create_dir_all(root.join("rules/.hidden")).unwrap();
+        std::fs::write(root.join("rules/a.yml"), "groups: []\n").unwrap();
+        std::fs::write(root.join("rules/.hidden/b.yml"), "x").unwrap();
+        std::fs::create_dir_all(root.join("vendored")).unwrap();
+        std::fs::write(root.join("vendored/.git"), "gitdir: ../.git/modules/v").unwrap();
+        std::os::unix::fs::symlink("rules/a.yml", root.join("link.yml")).unwrap();
+        let out = tempfile::TempDir::new().unwrap();
+        let staging = out.path().join("s");
+        let checkout = materialize_dir(root, &staging, &rules()).unwrap();
+        assert_eq!(
+            checkout.files.keys().collect::<Vec<_>>(),
+            ["link.yml", "rules/a.yml"]
+        );
+        assert_eq!(checkout.warnings, ["vendored: submodule skipped"]);
+        let mode = std::fs::metadata(&staging).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+        let err = materialize_dir(root, &out.path().join("t"), &rules()).unwrap_err();
+        assert!(err.to_string().starts_with("escape: "), "{err}");
+        assert!(!out.path().join("t").exists(), "failed staging left behind");
+    }
+
+    #[test]
+    fn plain_and_encrypted_twins_are_rejected_naming_both() {
+        let src = tempfile::TempDir::new().unwrap();
+        std::fs::write(src.path().join("x.yml"), "a: 1\n").unwrap();
+        std::fs::write(src.path().join("x.yml.age"), "not even age").unwrap();
+        let out = tempfile::TempDir::new().unwrap();
+        let err = materialize_dir(src.path(), &out.path().join("s"), &rules()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("both x.yml and x.yml.age"), "{text}");
     }
 
     #[test]

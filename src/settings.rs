@@ -6,7 +6,11 @@
 //!   the variable, says what is wrong and what form is expected, e.g.
 //!   `GITRELOAD_INTERVAL="30": expected a duration such as 500ms, 30s or 5m`.
 //! - Secret-bearing values (passwords in URLs, webhook secrets) never appear in
-//!   an error or in [`Settings::summary`]; only `***` does.
+//!   an error or in [`Settings::summary`]; only `***` does. The age identity
+//!   file is read and parsed here, so a bad one stops gitreload at start;
+//!   errors about it name the variable and a line number, never a key.
+//! - `gitreload validate` reads only the variables that decide how a tree is
+//!   staged and checked ([`Settings::for_validate`]); both paths share them.
 //! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
 //!   fall back to a default).
 //! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
@@ -20,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::redact::{redact_url, RepoUrl};
+use crate::secrets::Identities;
 
 /// Every variable gitreload reads, without the `GITRELOAD_` prefix.
 /// README's table and the deploy files are tested against this list.
@@ -40,6 +45,9 @@ pub const VARIABLES: &[&str] = &[
     "MAX_FILE_SIZE",
     "DRIFT",
     "VERIFY_INTERVAL",
+    "EXPAND",
+    "AGE_IDENTITY_FILE",
+    "SECRET_FILE_MODE",
     "TARGETS",
     "RELOAD_METHOD",
     "RELOAD_TIMEOUT",
@@ -157,6 +165,12 @@ pub struct Settings {
     pub verify_interval: Duration,
     /// A commit with a file larger than this (bytes) is rejected.
     pub max_file_size: u64,
+    /// Deployed paths whose `${file:}`/`${env:}` references are substituted.
+    pub expand: Vec<glob::Pattern>,
+    /// Identities that decrypt `.age` files; `None` rejects them.
+    pub age_identity: Option<Identities>,
+    /// Permission bits of decrypted or substituted files.
+    pub secret_file_mode: u32,
     /// Reload URLs; each host is resolved to all its A records.
     pub targets: Vec<String>,
     /// HTTP method of the reload request.
@@ -178,6 +192,21 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Deprecation warnings to log once logging is up.
     pub deprecations: Vec<String>,
+}
+
+/// What `gitreload validate` needs: how a tree is staged and checked, and
+/// nothing about where it comes from or goes to.
+#[derive(Debug, Clone)]
+pub struct ValidateSettings {
+    /// Only this directory of the checkout is checked (`""` = root).
+    pub subdir: String,
+    /// The gate; `None` checks only the path rules and secrets.
+    pub check: Option<CheckerKind>,
+    pub check_timeout: Duration,
+    pub max_files: usize,
+    pub max_file_size: u64,
+    pub expand: Vec<glob::Pattern>,
+    pub age_identity: Option<Identities>,
 }
 
 /// A secret value: its `Debug` never shows the content.
@@ -220,6 +249,9 @@ struct Raw {
     max_file_size: Option<String>,
     drift: Option<String>,
     verify_interval: Option<String>,
+    expand: Option<String>,
+    age_identity_file: Option<String>,
+    secret_file_mode: Option<String>,
     targets: Option<String>,
     reload_method: Option<String>,
     reload_timeout: Option<String>,
@@ -259,23 +291,35 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
-        let vars: BTreeMap<String, String> = vars.into_iter().collect();
-        for name in vars.keys() {
-            if let Some(rest) = name.strip_prefix(PREFIX) {
-                if !VARIABLES.contains(&rest) && !is_service_link(rest) {
-                    return Err(SettingsError::Unknown {
-                        var: name.clone(),
-                        hint: suggestion(rest),
-                    });
-                }
-            }
-        }
+        let vars = known_vars(vars)?;
         let raw: Raw = envy::prefixed(PREFIX)
             .from_iter(vars.clone())
             .map_err(|e| SettingsError::Environment(e.to_string()))?;
         let legacy: Legacy =
             envy::from_iter(vars.clone()).map_err(|e| SettingsError::Environment(e.to_string()))?;
         build(raw, legacy)
+    }
+
+    /// Reads the variables `gitreload validate` uses (SUBDIR, CHECK,
+    /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, AGE_IDENTITY_FILE)
+    /// from the process environment; REPO and DEST are not needed, and the
+    /// other variables are not validated.
+    pub fn for_validate() -> Result<ValidateSettings, SettingsError> {
+        Settings::for_validate_from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// [`Settings::for_validate`] on the given variables.
+    pub fn for_validate_from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ValidateSettings, SettingsError> {
+        let vars = known_vars(vars)?;
+        let raw: Raw = envy::prefixed(PREFIX)
+            .from_iter(vars)
+            .map_err(|e| SettingsError::Environment(e.to_string()))?;
+        staging(&raw)
     }
 
     /// The effective configuration as `key=value` pairs for the startup log,
@@ -300,6 +344,20 @@ impl Settings {
                     Some(CheckerKind::Alertmanager) => "alertmanager".into(),
                     Some(CheckerKind::Command(c)) => c.clone(),
                 },
+            ),
+            (
+                "expand",
+                self.expand
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "age_identities",
+                self.age_identity
+                    .as_ref()
+                    .map_or("none".into(), |ids| ids.len().to_string()),
             ),
             (
                 "targets",
@@ -331,6 +389,24 @@ impl Settings {
 /// make the sidecar refuse to start.
 fn is_service_link(rest: &str) -> bool {
     rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_")
+}
+
+/// The variables as a map, refusing unknown `GITRELOAD_*` names.
+fn known_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, SettingsError> {
+    let vars: BTreeMap<String, String> = vars.into_iter().collect();
+    for name in vars.keys() {
+        if let Some(rest) = name.strip_prefix(PREFIX) {
+            if !VARIABLES.contains(&rest) && !is_service_link(rest) {
+                return Err(SettingsError::Unknown {
+                    var: name.clone(),
+                    hint: suggestion(rest),
+                });
+            }
+        }
+    }
+    Ok(vars)
 }
 
 fn suggestion(rest: &str) -> String {
@@ -517,6 +593,83 @@ fn valid_target(url: &str) -> bool {
     !host.is_empty() && url.parse::<hyper::Uri>().is_ok()
 }
 
+/// The variables that decide how a tree is staged and checked; shared by
+/// the sidecar and `gitreload validate`.
+fn staging(raw: &Raw) -> Result<ValidateSettings, SettingsError> {
+    let subdir_v = Var::new("SUBDIR", &raw.subdir);
+    let subdir = subdir_v
+        .get("expected a directory inside the repository, such as prometheus")?
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if subdir
+        .split('/')
+        .any(|c| c == ".." || c == "." || (c.is_empty() && !subdir.is_empty()))
+    {
+        return Err(subdir_v.invalid(
+            "expected a relative directory inside the repository, without . or .. components",
+        ));
+    }
+
+    let check = Var::new("CHECK", &raw.check)
+        .get("expected prometheus, alertmanager or a shell command")?
+        .map(|c| match c {
+            "prometheus" => CheckerKind::Prometheus,
+            "alertmanager" => CheckerKind::Alertmanager,
+            other => CheckerKind::Command(other.to_string()),
+        });
+    let check_timeout =
+        Var::new("CHECK_TIMEOUT", &raw.check_timeout).duration(Duration::from_secs(60))?;
+
+    let max_files = Var::new("MAX_FILES", &raw.max_files).parse(
+        "expected a positive whole number such as 10000",
+        10_000usize,
+        |t| t.parse().ok().filter(|n| *n > 0),
+    )?;
+    let max_file_size = Var::new("MAX_FILE_SIZE", &raw.max_file_size).parse(
+        "expected a size such as 10MiB, 512KiB or 1048576",
+        10 << 20,
+        |t| parse_size(t).filter(|n| *n > 0),
+    )?;
+
+    let expand_v = Var::new("EXPAND", &raw.expand);
+    let expand_form = "expected comma-separated glob patterns of deployed paths, such as alertmanager.yml,secrets/*.yml";
+    let mut expand = Vec::new();
+    if let Some(list) = expand_v.get(expand_form)? {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item.starts_with('/') {
+                return Err(expand_v.invalid(format!(
+                    "{item:?} is absolute; {expand_form} (relative to the deployed directory)"
+                )));
+            }
+            let pattern = glob::Pattern::new(item)
+                .map_err(|e| expand_v.invalid(format!("{item:?}: {}; {expand_form}", e.msg)))?;
+            expand.push(pattern);
+        }
+    }
+
+    let identity_v = Var::new("AGE_IDENTITY_FILE", &raw.age_identity_file);
+    let age_identity = match identity_v
+        .get("expected the path of an age identity file (from age-keygen), such as /run/secrets/age_identity")?
+    {
+        Some(path) => Some(
+            Identities::from_file(std::path::Path::new(path))
+                .map_err(|why| identity_v.invalid(why))?,
+        ),
+        None => None,
+    };
+
+    Ok(ValidateSettings {
+        subdir,
+        check,
+        check_timeout,
+        max_files,
+        max_file_size,
+        expand,
+        age_identity,
+    })
+}
+
 fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let mut deprecations = Vec::new();
     let mut legacy_fallback =
@@ -566,20 +719,15 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         }
     }
 
-    let subdir_v = Var::new("SUBDIR", &raw.subdir);
-    let subdir = subdir_v
-        .get("expected a directory inside the repository, such as prometheus")?
-        .unwrap_or("")
-        .trim_matches('/')
-        .to_string();
-    if subdir
-        .split('/')
-        .any(|c| c == ".." || c == "." || (c.is_empty() && !subdir.is_empty()))
-    {
-        return Err(subdir_v.invalid(
-            "expected a relative directory inside the repository, without . or .. components",
-        ));
-    }
+    let ValidateSettings {
+        subdir,
+        check,
+        check_timeout,
+        max_files,
+        max_file_size,
+        expand,
+        age_identity,
+    } = staging(&raw)?;
 
     let state_v = Var::new("STATE_DIR", &raw.state_dir);
     let state_dir = PathBuf::from(
@@ -606,16 +754,6 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let fetch_timeout =
         Var::new("FETCH_TIMEOUT", &raw.fetch_timeout).duration(Duration::from_secs(60))?;
 
-    let check = Var::new("CHECK", &raw.check)
-        .get("expected prometheus, alertmanager or a shell command")?
-        .map(|c| match c {
-            "prometheus" => CheckerKind::Prometheus,
-            "alertmanager" => CheckerKind::Alertmanager,
-            other => CheckerKind::Command(other.to_string()),
-        });
-    let check_timeout =
-        Var::new("CHECK_TIMEOUT", &raw.check_timeout).duration(Duration::from_secs(60))?;
-
     let file_mode = Var::new("FILE_MODE", &raw.file_mode).parse(
         "expected an octal mode such as 0644 or 0640",
         0o644,
@@ -626,15 +764,10 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         None,
         |t| parse_owner(t).map(Some),
     )?;
-    let max_files = Var::new("MAX_FILES", &raw.max_files).parse(
-        "expected a positive whole number such as 10000",
-        10_000usize,
-        |t| t.parse().ok().filter(|n| *n > 0),
-    )?;
-    let max_file_size = Var::new("MAX_FILE_SIZE", &raw.max_file_size).parse(
-        "expected a size such as 10MiB, 512KiB or 1048576",
-        10 << 20,
-        |t| parse_size(t).filter(|n| *n > 0),
+    let secret_file_mode = Var::new("SECRET_FILE_MODE", &raw.secret_file_mode).parse(
+        "expected an octal mode such as 0640 or 0600",
+        0o640,
+        parse_mode,
     )?;
 
     let drift = Var::new("DRIFT", &raw.drift).parse(
@@ -786,6 +919,9 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         max_file_size,
         drift,
         verify_interval,
+        expand,
+        age_identity,
+        secret_file_mode,
         targets,
         reload_method,
         reload_timeout,
@@ -906,6 +1042,62 @@ mod tests {
             ("GITRELOAD_SERVICE_HOST", "10.0.0.1"),
         ]));
         assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn validate_needs_no_repo_nor_dest_and_still_refuses_typos() {
+        let v = Settings::for_validate_from_vars(vars(&[
+            ("GITRELOAD_CHECK", "prometheus"),
+            ("GITRELOAD_EXPAND", "alertmanager.yml, secrets/*.yml"),
+            ("GITRELOAD_SUBDIR", "/alertmanager/"),
+        ]))
+        .unwrap();
+        assert_eq!(v.check, Some(CheckerKind::Prometheus));
+        assert_eq!(v.subdir, "alertmanager");
+        assert_eq!(
+            v.expand.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            ["alertmanager.yml", "secrets/*.yml"]
+        );
+        assert!(v.age_identity.is_none());
+        let err =
+            Settings::for_validate_from_vars(vars(&[("GITRELOAD_EXPANDS", "x")])).unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean GITRELOAD_EXPAND"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_settings_name_the_variable() {
+        let base = [
+            ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+        ];
+        let with = |extra: (&str, &str)| {
+            let mut v = vars(&base);
+            v.push((extra.0.to_string(), extra.1.to_string()));
+            Settings::from_vars(v)
+        };
+        let ok = with(("GITRELOAD_INTERVAL", "30s")).unwrap();
+        assert_eq!(ok.secret_file_mode, 0o640);
+        assert!(ok.expand.is_empty() && ok.age_identity.is_none());
+        let err = with(("GITRELOAD_EXPAND", "a/[b.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_EXPAND="), "{err}");
+        let err = with(("GITRELOAD_EXPAND", "/etc/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let err = with(("GITRELOAD_SECRET_FILE_MODE", "640x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_SECRET_FILE_MODE="), "{err}");
+        let err = with(("GITRELOAD_AGE_IDENTITY_FILE", "/nonexistent/key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_AGE_IDENTITY_FILE="), "{err}");
     }
 
     #[test]

@@ -71,3 +71,35 @@ pub fn remove(path: &Path) -> Result<(), StateError> {
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Holds the state directory for this process: a second gitreload on the
+/// same state directory would corrupt the mirror and the manifest.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes an exclusive, non-blocking `flock` on `dir/gitreload.lock`. The
+/// kernel releases it when the process dies, even by `kill -9`.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, StateError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("gitreload.lock");
+    let err = |message: String| StateError {
+        path: path.clone(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(e.to_string()))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(err(
+            "another gitreload process uses this state directory; give each its own GITRELOAD_STATE_DIR".into(),
+        ));
+    }
+    Ok(DirLock { _file: file })
+}

@@ -26,9 +26,10 @@ use tokio::sync::{watch, Notify};
 use crate::check::{CheckError, Checker};
 use crate::deploy::{self, Manifest, Records, Verify};
 use crate::git::{CommitId, Fetched, GitError, Mirror};
-use crate::materialize::{self, Limits, MaterializeError, Staged};
+use crate::materialize::{self, Limits, MaterializeError, Rules, Staged};
 use crate::metrics::{Metrics, Stage, SyncResult};
 use crate::reload::{Refusal, Reloader};
+use crate::secrets::{Mode, Secrets};
 use crate::settings::{DriftMode, Settings};
 
 /// What the HTTP server reports about the loop.
@@ -122,6 +123,8 @@ pub struct Pipeline {
     settings: Arc<Settings>,
     mirror: Arc<Mirror>,
     checker: Option<Checker>,
+    /// Path rules, limits and secrets for materializing a commit.
+    rules: Arc<Rules>,
     records: Records,
     staging_root: PathBuf,
     /// What is live on the destination.
@@ -135,6 +138,10 @@ pub struct Pipeline {
     rejected: Option<CommitId>,
     /// Drift last reported (with `GITRELOAD_DRIFT=report`), to say it once.
     reported_drift: Vec<String>,
+    /// Materialize the live commit again at the next sync even if it did
+    /// not change: its secrets (files, variables, identity) are read anew
+    /// by a new process, and the live files hold the old values.
+    restage: bool,
     metrics: Arc<Metrics>,
     reloader: Option<Reloader>,
     health: Arc<Health>,
@@ -142,7 +149,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Prepares the pipeline from the state directory: loads the manifest,
+    /// Prepares the pipeline from the state directory, which the caller
+    /// holds with [`crate::state::lock_dir`]: loads the manifest,
     /// and if a deploy was cut off, cleans its leftovers and schedules a
     /// full verification.
     pub fn new(
@@ -159,6 +167,24 @@ impl Pipeline {
             )
         })?;
         let mirror = Mirror::new(&settings.state_dir, settings.repo.clone(), Vec::new());
+        let stale = mirror.remove_stale_locks();
+        if stale > 0 {
+            tracing::warn!(
+                target: "gitreload::git",
+                files = stale as u64,
+                "removed lock files a killed process left in the mirror"
+            );
+        }
+        // A staging directory left by a crash may hold decrypted secrets.
+        let staging_root = settings.state_dir.join("staging");
+        if staging_root.exists() {
+            std::fs::remove_dir_all(&staging_root).map_err(|e| {
+                format!(
+                    "cannot remove the old staging directory {}: {e}",
+                    staging_root.display()
+                )
+            })?;
+        }
         let records = Records::in_dir(&settings.state_dir);
         let deployed = records.load_manifest();
         let mut full_verify = deployed.is_none();
@@ -176,14 +202,33 @@ impl Pipeline {
         if let Some(m) = &deployed {
             metrics.set_live(m.commit.as_str(), &m.resolved_ref);
         }
+        let restage = deployed.as_ref().is_some_and(|m| {
+            m.files
+                .values()
+                .any(|f| matches!(f.kind, materialize::FileKind::File { secret: true, .. }))
+        });
+        let rules = Arc::new(Rules {
+            limits: Limits {
+                max_files: settings.max_files,
+                max_file_size: settings.max_file_size,
+            },
+            secrets: Secrets {
+                identities: settings.age_identity.clone(),
+                expand: settings.expand.clone(),
+                mode: Mode::Deploy,
+                max_file_size: settings.max_file_size,
+            },
+        });
         let checker = settings
             .check
             .clone()
             .map(|kind| Checker::new(kind, settings.check_timeout));
         Ok(Pipeline {
-            staging_root: settings.state_dir.join("staging"),
+            staging_root,
             mirror: Arc::new(mirror),
             checker,
+            rules,
+            restage,
             records,
             deployed,
             extra_managed,
@@ -201,6 +246,7 @@ impl Pipeline {
     fn deploy_options(&self) -> deploy::Options {
         deploy::Options {
             file_mode: self.settings.file_mode,
+            secret_file_mode: self.settings.secret_file_mode,
             owner: self.settings.file_owner,
         }
     }
@@ -252,6 +298,14 @@ impl Pipeline {
             .as_ref()
             .filter(|m| m.subdir == self.settings.subdir)
             .map(|m| m.commit.clone());
+        if live.as_ref() == Some(&fetched.commit) && self.restage {
+            self.restage = false;
+            tracing::info!(
+                commit = %fetched.commit.short(),
+                "live config holds secrets; staging it again with this process's secrets"
+            );
+            return self.deploy_fetched(&fetched).await;
+        }
         if live.as_ref() == Some(&fetched.commit) {
             self.rejected = None;
             self.metrics.set_rejected(None);
@@ -272,6 +326,11 @@ impl Pipeline {
             tracing::debug!(commit = %fetched.commit.short(), "newest commit is still the rejected one");
             return Outcome::Unchanged;
         }
+        self.deploy_fetched(&fetched).await
+    }
+
+    /// Checks and deploys a fetched commit, logs it and starts a reload.
+    async fn deploy_fetched(&mut self, fetched: &Fetched) -> Outcome {
         let previous = self.deployed.as_ref().map(|m| m.commit.short().to_string());
         let began = Instant::now();
         let report = match self
@@ -489,14 +548,10 @@ impl Pipeline {
     ) -> Result<deploy::Report, Outcome> {
         let staged = match self.materialize(commit).await {
             Ok(s) => s,
-            Err(MaterializeError::Rejected {
-                commit: c,
-                path,
-                reason,
-            }) => {
+            Err(MaterializeError::Rejected { path, reason }) => {
                 tracing::error!(
                     target: "gitreload::materialize",
-                    commit = %short(&c),
+                    commit = %commit.short(),
                     path = %path,
                     reason = %reason,
                     "commit rejected"
@@ -528,12 +583,9 @@ impl Pipeline {
         let commit = commit.clone();
         let subdir = self.settings.subdir.clone();
         let root = self.staging_root.clone();
-        let limits = Limits {
-            max_files: self.settings.max_files,
-            max_file_size: self.settings.max_file_size,
-        };
+        let rules = self.rules.clone();
         let result = tokio::task::spawn_blocking(move || {
-            materialize::materialize(&mirror, &commit, &subdir, &root, limits)
+            materialize::materialize(&mirror, &commit, &subdir, &root, &rules)
         })
         .await
         .unwrap_or_else(|join| {
@@ -564,6 +616,7 @@ impl Pipeline {
             self.metrics.stage(Stage::check, began.elapsed());
             match verdict {
                 Ok(output) => {
+                    let output = staged.redactions.apply(&output);
                     tracing::info!(
                         target: "gitreload::check",
                         commit = %commit.short(),
@@ -576,7 +629,7 @@ impl Pipeline {
                 Err(e) => {
                     let (status, output) = match &e {
                         CheckError::Rejected { status, output, .. } => {
-                            (status.clone(), output.clone())
+                            (status.clone(), staged.redactions.apply(output))
                         }
                         other => (other.to_string(), String::new()),
                     };
@@ -731,10 +784,6 @@ async fn recv(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Refusal>>) ->
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..7.min(commit.len())]
 }
 
 /// Up to ten paths, comma-separated, then a count of the rest.

@@ -669,3 +669,25 @@ fn mirror_is_rebuilt_before_its_packs_pile_up() {
     assert!(packs() <= 10, "the rebuilt mirror has {} packs", packs());
     assert!(run.terminate().success());
 }
+
+#[test]
+fn second_gitreload_on_the_same_state_dir_refuses_to_start() {
+    let s = seeded();
+    let mut first = s.gitreload_file().env("GITRELOAD_INTERVAL", "1h").spawn();
+    first.wait_for_event(T, "config deployed");
+    let out = s.gitreload_file().arg("--once").run_once(T);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout
+            .contains("another gitreload process uses this state directory"),
+        "{}",
+        out.stdout
+    );
+    assert!(first.terminate().success());
+    assert!(s
+        .gitreload_file()
+        .arg("--once")
+        .run_once(T)
+        .status
+        .success());
+}

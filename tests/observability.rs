@@ -260,6 +260,13 @@ fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
     s.upstream.write("prometheus.yml", "broken\n");
     let bad = s.upstream.commit_and_push("broken");
     run.wait_for_event(T, "commit rejected");
+    // The counter is bumped when the sync ends, just after the log line.
+    wait_until("the rejection to be counted", T, || {
+        sample(
+            &scrape(&base),
+            "gitreload_sync_total{result=\"check_failed\"}",
+        ) == Some(1.0)
+    });
     let text = scrape(&base);
     assert_eq!(
         sample(&text, "gitreload_sync_total{result=\"check_failed\"}"),
