@@ -258,6 +258,18 @@ struct Legacy {
 }
 
 const PREFIX: &str = "GITRELOAD_";
+/// How GitHub, GitLab and Gitea access tokens begin.
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "gldt-",
+    "glcbt-",
+];
+
 /// Why credentials and http:// do not mix (gix refuses too).
 const CLEARTEXT: &str =
     "credentials are only sent over https://, never in clear text over http://; use an https:// URL";
@@ -576,6 +588,16 @@ fn credentials(raw: &Raw, repo: &RepoUrl) -> Result<Credentials, SettingsError> 
 
     let username =
         user_v.get("expected the user name for HTTPS, such as x-access-token or oauth2")?;
+    if let Some(name) = username {
+        // User names are logged; a token pasted here must not be.
+        if TOKEN_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            crate::redact::remember(name);
+            return Err(Var::new("USERNAME", &raw.username).secret().invalid(format!(
+                "looks like an access token; put the token in the file named by \
+                 {PREFIX}PASSWORD_FILE and a user name here (GitHub: x-access-token, GitLab: oauth2)"
+            )));
+        }
+    }
     let password_expected =
         "expected the path of a file holding the password or token, such as /run/secrets/git_token";
     let password_file = password_v
@@ -996,6 +1018,27 @@ mod tests {
             err.to_string().contains("did you mean GITRELOAD_INTERVAL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_given_as_user_name_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "x-oauth-basic\n").unwrap();
+        let err = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "https://github.com/o/r.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+            ("GITRELOAD_USERNAME", "ghp_abcdefghijklmnop0123456789"),
+            ("GITRELOAD_PASSWORD_FILE", file.to_str().unwrap()),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("GITRELOAD_USERNAME=***: looks like an access token"),
+            "{err}"
+        );
+        assert!(!err.contains("ghp_abc"), "{err}");
     }
 
     #[test]
