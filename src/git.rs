@@ -8,7 +8,15 @@
 //!   a rollback upstream is followed exactly, and a branch deleted upstream
 //!   is reported as missing instead of served from a stale local ref.
 //! - The mirror never stores the URL (which may carry credentials): the
-//!   remote is anonymous, given at each fetch.
+//!   remote is anonymous, given at each fetch. Credentials are prepared anew
+//!   for every fetch by [`crate::credentials`] (the password file re-read, the
+//!   ssh command given as a config override, never written to the mirror);
+//!   https always goes through our credentials callback, so no git credential
+//!   helper or prompt is ever run.
+//! - A fetch error carries no secret: the URL is redacted, the text scrubbed
+//!   of every remembered secret, and a refused login, an unknown or changed
+//!   host key or a failed TLS verification is explained by
+//!   [`crate::credentials::Credentials::explain`].
 //! - The mirror does not grow without bound: once it holds more than
 //!   [`MAX_PACKS`] packs it is rebuilt by a fresh fetch and swapped in; a
 //!   mirror that cannot be opened is rebuilt the same way.
@@ -22,7 +30,8 @@ use gix::objs::tree::EntryKind;
 use gix::prelude::FindExt;
 use gix::remote::Direction;
 
-use crate::redact::RepoUrl;
+use crate::credentials::{Credentials, CredentialsError, Session};
+use crate::redact::{self, RepoUrl};
 
 /// A mirror with more packs than this is rebuilt (every fetch that brings
 /// objects adds one pack, and gix does not repack).
@@ -78,6 +87,12 @@ pub enum GitError {
     Mirror { path: PathBuf, message: String },
     #[error("fetch from {url} failed: {message}")]
     Fetch { url: String, message: String },
+    #[error("fetch from {url} failed: {source}")]
+    Access {
+        url: String,
+        #[source]
+        source: CredentialsError,
+    },
     #[error("fetch from {url} did not finish within {timeout}")]
     Timeout { url: String, timeout: String },
     #[error(
@@ -126,18 +141,21 @@ pub enum Entry<'a> {
 /// The private bare mirror.
 pub struct Mirror {
     path: PathBuf,
+    /// The state directory (ssh's files live in `ssh/` beside the mirror).
+    state_dir: PathBuf,
     url: RepoUrl,
-    /// Extra git config (ssh command, http options) for the transport.
-    config: Vec<String>,
+    /// How to authenticate to `url` and verify it.
+    credentials: Credentials,
 }
 
 impl Mirror {
     /// A mirror at `state_dir/mirror.git` of `url`. Nothing is touched yet.
-    pub fn new(state_dir: &Path, url: RepoUrl, config: Vec<String>) -> Mirror {
+    pub fn new(state_dir: &Path, url: RepoUrl, credentials: Credentials) -> Mirror {
         Mirror {
             path: state_dir.join("mirror.git"),
+            state_dir: state_dir.to_path_buf(),
             url,
-            config,
+            credentials,
         }
     }
 
@@ -154,31 +172,43 @@ impl Mirror {
     /// first use and rebuilds it when it is unreadable or has grown too many
     /// packs.
     pub fn fetch(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
-        let repo = match self.open() {
+        let session = self
+            .credentials
+            .prepare(&self.state_dir, &self.url)
+            .map_err(|source| GitError::Access {
+                url: self.url.redacted(),
+                source,
+            })?;
+        let repo = match self.open_with(&self.path, &session.config) {
             Ok(repo) => repo,
             Err(_) if self.path.exists() => {
                 tracing::warn!(path = %self.path.display(), "mirror unreadable, rebuilding");
-                return self.rebuild(wanted, interrupt);
+                return self.rebuild(&session, wanted, interrupt);
             }
-            Err(_) => self.init(&self.path)?,
+            Err(_) => self.init(&self.path, &session.config)?,
         };
-        let fetched = self.fetch_into(&repo, wanted, interrupt)?;
+        let fetched = self.fetch_into(&repo, &session, wanted, interrupt)?;
         if count_packs(&self.path) > MAX_PACKS {
             tracing::info!(path = %self.path.display(), "compacting mirror");
-            return self.rebuild(wanted, interrupt);
+            return self.rebuild(&session, wanted, interrupt);
         }
         Ok(fetched)
     }
 
     /// Fetches into a fresh mirror beside the current one and swaps it in,
     /// so a failed rebuild leaves the old mirror in place.
-    fn rebuild(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
+    fn rebuild(
+        &self,
+        session: &Session,
+        wanted: Option<&str>,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, GitError> {
         let fresh = self.path.with_extension("new");
         let old = self.path.with_extension("old");
         let _ = std::fs::remove_dir_all(&fresh);
         let _ = std::fs::remove_dir_all(&old);
-        let repo = self.init(&fresh)?;
-        let fetched = self.fetch_into(&repo, wanted, interrupt)?;
+        let repo = self.init(&fresh, &session.config)?;
+        let fetched = self.fetch_into(&repo, session, wanted, interrupt)?;
         drop(repo);
         let swap = || -> std::io::Result<()> {
             if self.path.exists() {
@@ -199,40 +229,88 @@ impl Mirror {
         }
     }
 
-    fn open_options(&self) -> gix::open::Options {
-        gix::open::Options::isolated().config_overrides(self.config.iter().map(String::as_str))
+    /// Opens the mirror at `path`; `config` (`key=value`) overrides the
+    /// repository's configuration in memory only.
+    fn open_with(&self, path: &Path, config: &[String]) -> Result<gix::Repository, GitError> {
+        let options =
+            gix::open::Options::isolated().config_overrides(config.iter().map(String::as_str));
+        gix::open_opts(path, options).map_err(|e| self.mirror_error(describe(&e)))
     }
 
     fn open(&self) -> Result<gix::Repository, GitError> {
-        gix::open_opts(&self.path, self.open_options()).map_err(|e| self.mirror_error(describe(&e)))
+        self.open_with(&self.path, &[])
     }
 
-    fn init(&self, path: &Path) -> Result<gix::Repository, GitError> {
+    fn init(&self, path: &Path, config: &[String]) -> Result<gix::Repository, GitError> {
         std::fs::create_dir_all(path).map_err(|e| self.mirror_error(e.to_string()))?;
         gix::init_bare(path).map_err(|e| self.mirror_error(describe(&e)))?;
-        gix::open_opts(path, self.open_options()).map_err(|e| self.mirror_error(describe(&e)))
+        self.open_with(path, config)
     }
 
-    fn fetch_error(&self, e: &dyn std::error::Error) -> GitError {
-        GitError::Fetch {
-            url: self.url.redacted(),
-            message: self.url.scrub(&describe(e)),
+    /// A fetch error without secrets, explained when it is about access.
+    fn fetch_error(&self, session: &Session, e: &dyn std::error::Error) -> GitError {
+        let url = self.url.redacted();
+        let message = redact::scrub(&self.url.scrub(&describe(e)));
+        match self.credentials.explain(session, &self.url, &message) {
+            Some(source) => GitError::Access { url, source },
+            None => GitError::Fetch { url, message },
         }
     }
 
     fn fetch_into(
         &self,
         repo: &gix::Repository,
+        session: &Session,
         wanted: Option<&str>,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, GitError> {
+        let result = self.fetch_refs(repo, session, interrupt);
+        if result.is_ok() {
+            self.credentials.succeeded(session);
+        }
+        let refs = result?;
+        self.resolve(repo, &refs, wanted)
+    }
+
+    /// Connects with this session's credentials, fetches, and returns what
+    /// the remote advertised.
+    fn fetch_refs(
+        &self,
+        repo: &gix::Repository,
+        session: &Session,
+        interrupt: &AtomicBool,
+    ) -> Result<Vec<gix::protocol::handshake::Ref>, GitError> {
         let remote = repo
             .remote_at(self.url.expose())
             .and_then(|r| r.with_refspecs(REFSPECS.iter().copied(), Direction::Fetch))
-            .map_err(|e| self.fetch_error(&e))?;
-        let connection = remote
+            .map_err(|e| self.fetch_error(session, &e))?;
+        let login = session.login.clone();
+        let mut connection = remote
             .connect(Direction::Fetch)
-            .map_err(|e| self.fetch_error(&e))?;
+            .map_err(|e| self.fetch_error(session, &e))?
+            // Asked only when the server answers 401; never runs a helper
+            // program or a prompt. `None` makes gix report that no
+            // credentials exist, which `explain` turns into advice.
+            .with_credentials(move |action| {
+                use gix::credentials::helper::{Action, NextAction};
+                Ok(match (action, &login) {
+                    (Action::Get(context), Some((username, password))) => {
+                        Some(gix::credentials::protocol::Outcome {
+                            identity: gix::sec::identity::Account {
+                                username: username.clone(),
+                                password: password.expose().to_string(),
+                                oauth_refresh_token: None,
+                            },
+                            next: NextAction::from(context),
+                        })
+                    }
+                    _ => None,
+                })
+            });
+        if let Some((path, pem)) = &session.ca {
+            let options = self.http_options_with_ca(repo, path, pem)?;
+            connection = connection.with_transport_options(options);
+        }
         let options = gix::remote::ref_map::Options {
             // HEAD is not covered by the refspecs but tells the default branch.
             extra_refspecs: vec![gix::refspec::parse(
@@ -246,8 +324,51 @@ impl Mirror {
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, options)
             .and_then(|p| p.receive(gix::progress::Discard, interrupt))
-            .map_err(|e| self.fetch_error(&e))?;
-        self.resolve(repo, &outcome.ref_map.remote_refs, wanted)
+            .map_err(|e| self.fetch_error(session, &e))?;
+        Ok(outcome.ref_map.remote_refs)
+    }
+
+    /// The http transport options gix derives from the configuration, plus
+    /// the certificates of `GITRELOAD_CA_FILE` added to the system's roots.
+    /// (reqwest ignores `http.sslCAInfo`; `SSL_CERT_FILE` would replace the
+    /// system roots for the whole process instead of adding to them.)
+    fn http_options_with_ca(
+        &self,
+        repo: &gix::Repository,
+        path: &Path,
+        pem: &[u8],
+    ) -> Result<Box<dyn std::any::Any>, GitError> {
+        use gix::protocol::transport::client::blocking_io::http;
+        let access = |problem: String| GitError::Access {
+            url: self.url.redacted(),
+            source: CredentialsError::Unusable {
+                var: "GITRELOAD_CA_FILE",
+                path: path.to_path_buf(),
+                problem,
+            },
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| access(format!("has no usable PEM certificate ({e})")))?;
+        if certs.is_empty() {
+            return Err(access("has no PEM certificate".into()));
+        }
+        let mut options = repo
+            .transport_options(self.url.expose(), None)
+            .map_err(|e| GitError::Fetch {
+                url: self.url.redacted(),
+                message: redact::scrub(&self.url.scrub(&describe(&e))),
+            })?
+            .and_then(|o| o.downcast::<http::Options>().ok())
+            .map(|o| *o)
+            .unwrap_or_default();
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                Ok(builder.tls_certs_merge(certs.clone()))
+            })),
+            configure_request: None,
+        };
+        options.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
+        Ok(Box::new(options))
     }
 
     fn resolve(

@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
 //! | [`git`] | private bare mirror in the state dir; fetch, resolve the ref | [`git::Fetched`] (a [`git::CommitId`]) |
+//! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
 //! | [`materialize`] | writes a commit's tree (or a working tree) to a fresh staging dir, applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
@@ -34,7 +35,7 @@
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
-//! | [`redact`] | which parts of URLs and messages are secret | |
+//! | [`redact`] | which parts of URLs and messages are secret; every known secret scrubbed from logs, errors, panics | |
 //! | [`state`] | atomic JSON records in the state dir | |
 //!
 //! ## Invariants
@@ -42,8 +43,10 @@
 //!   any failure leaves the last good config live, byte for byte.
 //! - Only [`deploy`] writes to the destination, and only paths it manages
 //!   (recorded in the manifest); files others put there are never touched.
-//! - Only [`git`] uses gix; only [`reload`] and [`http`] touch the network
-//!   besides the fetch. [`deploy`] never talks to the network.
+//! - Only [`git`] uses gix (and the reqwest client gix builds); only
+//!   [`reload`] and [`http`] touch the network besides the fetch. [`deploy`]
+//!   never talks to the network. [`credentials`] never uses gix: it turns
+//!   settings into git config strings and secrets read just now.
 //! - The state dir is never inside the destination; the mirror never stores
 //!   the repository URL (it may carry credentials).
 //! - No secret reaches a log line, an error, a metric label or the state dir:
@@ -53,9 +56,15 @@
 //!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
 //!   name a reference, never its value, and substituted values are masked
 //!   in the checker's output.
+//! - Every secret value (URL passwords, the password file each time it is
+//!   read, the webhook secret) is remembered by [`redact`] and scrubbed from
+//!   every log line and panic message; credentials are never sent over
+//!   plain http://. The one secret the state dir may hold is a 0600 copy of
+//!   an SSH key that ssh would refuse where it was mounted (`ssh/id`).
 //! - Every loop is driven by a timer or an event; nothing busy-waits.
 
 pub mod check;
+pub mod credentials;
 pub mod deploy;
 pub mod drift;
 pub mod git;

@@ -4,6 +4,9 @@
 //! `warning`), `logger` (the module path with dots: `gitreload.deploy`) and
 //! `timestamp` (ISO 8601 UTC, milliseconds), followed by every field of the
 //! event at the top level, numbers and booleans kept typed.
+//!
+//! Every line passes through [`redact::scrub`] on its way to stdout: a
+//! secret that some code path formatted by mistake still leaves as `***`.
 
 use std::fmt;
 
@@ -15,6 +18,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::redact;
 use crate::settings::LogFormat;
 
 /// Installs the global subscriber. `level` is a tracing level name;
@@ -26,7 +30,7 @@ pub fn init(level: &str, format: LogFormat) {
     let filter = Targets::new()
         .with_default(tracing::Level::WARN)
         .with_target("gitreload", level);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let layer = tracing_subscriber::fmt::layer().with_writer(|| ScrubbedStdout);
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
@@ -141,5 +145,26 @@ impl Visit for Fields {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.put(field, Value::String(crate::git::describe(value)));
+    }
+}
+
+/// Stdout, with every remembered secret replaced by `***`. The fmt layer
+/// formats an event into one buffer and writes it with one `write_all`, so a
+/// secret is never split across two writes.
+pub struct ScrubbedStdout;
+
+impl std::io::Write for ScrubbedStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        if redact::nothing_known() {
+            out.write_all(buf)?;
+        } else {
+            out.write_all(redact::scrub(&String::from_utf8_lossy(buf)).as_bytes())?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }

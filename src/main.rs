@@ -80,14 +80,45 @@ fn main() -> ExitCode {
         }
     };
     settings.once |= cli.once;
+    for secret in settings.secrets() {
+        gitreload::redact::remember(&secret);
+    }
     // Several TLS backends are linked in; choose one before any connection.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     gitreload::logging::init(&settings.log_level, settings.log_format);
+    install_panic_hook();
     let code = runtime.block_on(run(settings));
     // A fetch abandoned at its timeout may still sit in a blocking read;
     // do not wait for it to exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
+}
+
+/// A panic is logged as one error event, its message scrubbed of every
+/// remembered secret (the default hook would print it raw to stderr).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(
+            error = %gitreload::redact::scrub(&message),
+            location = %location,
+            thread = %thread,
+            "panic"
+        );
+    }));
 }
 
 async fn run(settings: Settings) -> ExitCode {
@@ -102,6 +133,12 @@ async fn run(settings: Settings) -> ExitCode {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         repo = %field("repo"),
+        username = %field("username"),
+        password = %field("password"),
+        ssh_key_file = %field("ssh_key_file"),
+        ssh_known_hosts_file = %field("ssh_known_hosts_file"),
+        ssh_accept_new_host_keys = %field("ssh_accept_new_host_keys"),
+        ca_file = %field("ca_file"),
         r#ref = %field("ref"),
         subdir = %field("subdir"),
         dest = %field("dest"),
@@ -118,6 +155,13 @@ async fn run(settings: Settings) -> ExitCode {
     );
     for warning in &settings.deprecations {
         tracing::warn!(target: "gitreload::settings", "{warning}");
+    }
+    if settings.credentials.ssh_accept_new_host_keys {
+        tracing::warn!(
+            target: "gitreload::credentials",
+            known_hosts = %settings.state_dir.join("ssh/known_hosts").display(),
+            "GITRELOAD_SSH_ACCEPT_NEW_HOST_KEYS=true: the SSH host key of a server seen for the first time is trusted without verification"
+        );
     }
 
     let settings = Arc::new(settings);

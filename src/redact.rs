@@ -1,10 +1,70 @@
 //! Redaction: the one place that knows which parts of a URL or a message are
 //! secret, so that logs, errors and metric labels never carry them.
 //!
-//! Promise: [`RepoUrl::redacted`] and [`redact_url`] never return a password
-//! or an HTTP user-info (a token is often passed as the user name), and
-//! [`RepoUrl::scrub`] removes every secret part of the URL from free text,
-//! such as an error message from the git transport.
+//! Promises:
+//! - [`RepoUrl::redacted`] and [`redact_url`] never return a password or an
+//!   HTTP user-info (a token is often passed as the user name), and
+//!   [`RepoUrl::scrub`] removes every secret part of the URL from free text,
+//!   such as an error message from the git transport.
+//! - Every secret handed to [`remember`] (URL passwords, the content of
+//!   `GITRELOAD_PASSWORD_FILE` each time it is read, the webhook secret) is
+//!   replaced by `***` in whatever passes through [`scrub`]: error texts, the
+//!   log writer, the panic hook. A rotated password is added, the old one
+//!   kept (it may still be valid elsewhere).
+
+use std::sync::RwLock;
+
+/// Secrets known to this process, each with the forms it may take in output
+/// (as is, JSON-escaped, percent-encoded), longest first.
+static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// At most this many forms are kept; the oldest go first (a password file
+/// rotated every minute for a year must not grow the list without bound).
+const MAX_KNOWN: usize = 256;
+
+/// Registers `secret` so that [`scrub`] hides it from now on. Empty strings
+/// are ignored; registering the same secret again is cheap.
+pub fn remember(secret: &str) {
+    if secret.is_empty() {
+        return;
+    }
+    let mut forms = vec![secret.to_string()];
+    if let Ok(json) = serde_json::to_string(secret) {
+        forms.push(json[1..json.len() - 1].to_string());
+    }
+    forms.push(percent_encode(secret));
+    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+    let mut changed = false;
+    for form in forms {
+        if !known.contains(&form) {
+            known.push(form);
+            changed = true;
+        }
+    }
+    if changed {
+        let excess = known.len().saturating_sub(MAX_KNOWN);
+        known.drain(..excess);
+        // Longest first, so a secret that contains another is replaced whole.
+        known.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    }
+}
+
+/// `text` with every [remembered](remember) secret replaced by `***`.
+pub fn scrub(text: &str) -> String {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// True when no secret has been registered (the log writer's fast path).
+pub fn nothing_known() -> bool {
+    KNOWN.read().map(|k| k.is_empty()).unwrap_or(false)
+}
 
 /// The upstream repository's URL, with its credentials kept for use and
 /// hidden from every rendering.
@@ -73,6 +133,46 @@ impl RepoUrl {
     /// True for http:// and https://.
     pub fn is_http(&self) -> bool {
         self.raw.starts_with("http://") || self.raw.starts_with("https://")
+    }
+
+    /// The secret parts of this URL (password, token user-info), for
+    /// [`remember`].
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// True when the URL carries a password or an HTTP token.
+    pub fn has_credentials(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
+    /// The host, and the port when the URL gives one; `None` for local paths.
+    /// For scp-like URLs the host may be an alias from the ssh config.
+    pub fn host_port(&self) -> Option<(String, Option<u16>)> {
+        let authority = match classify(&self.raw)? {
+            Kind::Path => return None,
+            Kind::ScpLike => self.raw.split_once(':')?.0,
+            Kind::Url => {
+                let (scheme, rest) = self.raw.split_once("://")?;
+                if scheme == "file" {
+                    return None;
+                }
+                rest.split(['/', '?', '#']).next()?
+            }
+        };
+        let host_port = authority.rsplit('@').next()?;
+        if let Some(rest) = host_port.strip_prefix('[') {
+            // [::1]:2222
+            let (host, after) = rest.split_once(']')?;
+            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            return Some((host.to_string(), port));
+        }
+        match host_port.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => {
+                Some((host.to_string(), port.parse().ok()))
+            }
+            _ => Some((host_port.to_string(), None)),
+        }
     }
 
     /// Removes every secret part of this URL from `text`.
@@ -151,6 +251,20 @@ pub fn redact_url(url: &str) -> String {
     )
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986), the way
+/// a password is written into a URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -192,6 +306,34 @@ mod tests {
             url.scrub("failed for https://u:p%40ss@h/x.git with p@ss"),
             "failed for https://***@h/x.git with ***"
         );
+    }
+
+    #[test]
+    fn remembered_secrets_are_scrubbed_in_every_form() {
+        remember("t0k\"en/with+odd");
+        let text = r#"plain t0k"en/with+odd json t0k\"en/with+odd url t0k%22en%2Fwith%2Bodd"#;
+        assert_eq!(scrub(text), "plain *** json *** url ***");
+        assert_eq!(scrub("nothing secret here"), "nothing secret here");
+    }
+
+    #[test]
+    fn host_and_port_come_from_every_url_form() {
+        let hp = |u: &str| RepoUrl::parse(u).unwrap().host_port();
+        assert_eq!(
+            hp("ssh://git@127.0.0.1:2222/x.git"),
+            Some(("127.0.0.1".into(), Some(2222)))
+        );
+        assert_eq!(
+            hp("git@github.com:o/r.git"),
+            Some(("github.com".into(), None))
+        );
+        assert_eq!(
+            hp("https://u:p@git.example:8443/x.git"),
+            Some(("git.example".into(), Some(8443)))
+        );
+        assert_eq!(hp("https://[::1]/x.git"), Some(("::1".into(), None)));
+        assert_eq!(hp("/srv/x.git"), None);
+        assert_eq!(hp("file:///srv/x.git"), None);
     }
 
     #[test]

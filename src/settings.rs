@@ -11,6 +11,10 @@
 //!   errors about it name the variable and a line number, never a key.
 //! - `gitreload validate` reads only the variables that decide how a tree is
 //!   staged and checked ([`Settings::for_validate`]); both paths share them.
+//! - Secret-bearing values (passwords in URLs, webhook secrets, the content
+//!   of every `*_FILE`) never appear in an error or in [`Settings::summary`];
+//!   only `***` or the file's path does. A `*_FILE` that cannot be read is an
+//!   error naming the variable.
 //! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
 //!   fall back to a default).
 //! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::credentials::{Credentials, CredentialsError, Login};
 use crate::redact::{redact_url, RepoUrl};
 use crate::secrets::Identities;
 
@@ -30,6 +35,12 @@ use crate::secrets::Identities;
 /// README's table and the deploy files are tested against this list.
 pub const VARIABLES: &[&str] = &[
     "REPO",
+    "USERNAME",
+    "PASSWORD_FILE",
+    "SSH_KEY_FILE",
+    "SSH_KNOWN_HOSTS_FILE",
+    "SSH_ACCEPT_NEW_HOST_KEYS",
+    "CA_FILE",
     "DEST",
     "REF",
     "SUBDIR",
@@ -135,6 +146,8 @@ pub struct Owner {
 pub struct Settings {
     /// Upstream repository (credentials kept, redacted whenever shown).
     pub repo: RepoUrl,
+    /// SSH key and known hosts, HTTPS login, CA: how to reach `repo`.
+    pub credentials: Credentials,
     /// The shared volume to keep equal to the repository.
     pub dest: PathBuf,
     /// Branch, tag or full commit id; `None` follows the remote's HEAD.
@@ -209,6 +222,23 @@ pub struct ValidateSettings {
     pub age_identity: Option<Identities>,
 }
 
+impl Settings {
+    /// Every secret value the settings hold (URL password, webhook secret,
+    /// the password as read at start), for [`crate::redact::remember`].
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.repo.secrets().to_vec();
+        for target in &self.targets {
+            if let Ok(url) = RepoUrl::parse(target) {
+                out.extend(url.secrets().iter().cloned());
+            }
+        }
+        if let Some(s) = &self.webhook_secret {
+            out.push(s.expose().to_string());
+        }
+        out
+    }
+}
+
 /// A secret value: its `Debug` never shows the content.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -233,6 +263,12 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
     repo: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    ssh_key_file: Option<String>,
+    ssh_known_hosts_file: Option<String>,
+    ssh_accept_new_host_keys: Option<String>,
+    ca_file: Option<String>,
     dest: Option<String>,
     #[serde(rename = "ref")]
     reference: Option<String>,
@@ -276,6 +312,21 @@ struct Legacy {
 }
 
 const PREFIX: &str = "GITRELOAD_";
+/// How GitHub, GitLab and Gitea access tokens begin.
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "github_pat_",
+    "glpat-",
+    "gldt-",
+    "glcbt-",
+];
+
+/// Why credentials and http:// do not mix (gix refuses too).
+const CLEARTEXT: &str =
+    "credentials are only sent over https://, never in clear text over http://; use an https:// URL";
 const DURATION_FORM: &str = "expected a duration such as 500ms, 30s or 5m";
 
 impl Settings {
@@ -326,8 +377,32 @@ impl Settings {
     /// with every secret shown as `***`.
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         let d = |v: Duration| humantime::format_duration(v).to_string();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
+        };
+        let c = &self.credentials;
         vec![
             ("repo", self.repo.redacted()),
+            (
+                "username",
+                c.login
+                    .as_ref()
+                    .map_or("none".into(), |l| l.username.clone()),
+            ),
+            (
+                "password",
+                c.login.as_ref().map_or("none".into(), |l| {
+                    format!("*** (from {})", l.password_file.display())
+                }),
+            ),
+            ("ssh_key_file", path(&c.ssh_key_file)),
+            ("ssh_known_hosts_file", path(&c.ssh_known_hosts_file)),
+            (
+                "ssh_accept_new_host_keys",
+                c.ssh_accept_new_host_keys.to_string(),
+            ),
+            ("ca_file", path(&c.ca_file)),
             ("dest", self.dest.display().to_string()),
             (
                 "ref",
@@ -670,6 +745,155 @@ fn staging(raw: &Raw) -> Result<ValidateSettings, SettingsError> {
     })
 }
 
+/// A `*_FILE` variable: the path, made absolute, of a file that can be read
+/// now. Neither the error nor anything else shows the content.
+fn readable_file(v: &Var<'_>, expected: &str) -> Result<Option<(PathBuf, Vec<u8>)>, SettingsError> {
+    let Some(text) = v.get(expected)? else {
+        return Ok(None);
+    };
+    let path = std::path::absolute(text).unwrap_or_else(|_| PathBuf::from(text));
+    match std::fs::read(&path) {
+        Ok(content) => Ok(Some((path, content))),
+        Err(e) => Err(v.invalid(format!("cannot read the file ({e}); {expected}"))),
+    }
+}
+
+/// The credential variables, checked together: pairs that only work
+/// together, and settings that do not apply to the repository's transport.
+fn credentials(raw: &Raw, repo: &RepoUrl) -> Result<Credentials, SettingsError> {
+    let user_v = Var::new("USERNAME", &raw.username);
+    let password_v = Var::new("PASSWORD_FILE", &raw.password_file);
+    let key_v = Var::new("SSH_KEY_FILE", &raw.ssh_key_file);
+    let known_v = Var::new("SSH_KNOWN_HOSTS_FILE", &raw.ssh_known_hosts_file);
+    let accept_v = Var::new("SSH_ACCEPT_NEW_HOST_KEYS", &raw.ssh_accept_new_host_keys);
+    let ca_v = Var::new("CA_FILE", &raw.ca_file);
+
+    let username =
+        user_v.get("expected the user name for HTTPS, such as x-access-token or oauth2")?;
+    if let Some(name) = username {
+        // User names are logged; a token pasted here must not be.
+        if TOKEN_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            crate::redact::remember(name);
+            return Err(Var::new("USERNAME", &raw.username).secret().invalid(format!(
+                "looks like an access token; put the token in the file named by \
+                 {PREFIX}PASSWORD_FILE and a user name here (GitHub: x-access-token, GitLab: oauth2)"
+            )));
+        }
+    }
+    let password_expected =
+        "expected the path of a file holding the password or token, such as /run/secrets/git_token";
+    let password_file = password_v
+        .get(password_expected)?
+        .map(|t| std::path::absolute(t).unwrap_or_else(|_| PathBuf::from(t)));
+    let login = match (username, password_file) {
+        (Some(username), Some(password_file)) => {
+            // Read now so a missing or empty secret stops gitreload at start;
+            // it is read again before every fetch.
+            crate::credentials::read_password(&password_file).map_err(|e| match e {
+                CredentialsError::Unusable { problem, .. } => password_v.invalid(problem),
+                CredentialsError::Read { source, .. } => password_v
+                    .invalid(format!("cannot read the file ({source}); {password_expected}")),
+                other => password_v.invalid(other.to_string()),
+            })?;
+            Some(Login {
+                username: username.to_string(),
+                password_file,
+            })
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(SettingsError::Missing {
+                var: format!("{PREFIX}PASSWORD_FILE"),
+                expected: format!(
+                    "{PREFIX}USERNAME is set; {PREFIX}USERNAME and {PREFIX}PASSWORD_FILE go together"
+                ),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(SettingsError::Missing {
+                var: format!("{PREFIX}USERNAME"),
+                expected: format!(
+                    "{PREFIX}PASSWORD_FILE is set; {PREFIX}USERNAME and {PREFIX}PASSWORD_FILE go together \
+                     (GitHub: x-access-token, GitLab: oauth2 or the deploy token's user)"
+                ),
+            })
+        }
+    };
+    if login.is_some() {
+        if !repo.is_http() {
+            return Err(password_v.invalid(format!(
+                "{PREFIX}USERNAME and {PREFIX}PASSWORD_FILE apply to https repositories only; \
+                 {PREFIX}REPO is not one"
+            )));
+        }
+        if repo.expose().starts_with("http://") {
+            return Err(password_v.invalid(format!("{CLEARTEXT} ({PREFIX}REPO is http://)")));
+        }
+        if repo.has_credentials() {
+            return Err(password_v.invalid(format!(
+                "{PREFIX}REPO already carries credentials; set them in the URL or in \
+                 {PREFIX}USERNAME and {PREFIX}PASSWORD_FILE, not both"
+            )));
+        }
+    }
+
+    let ssh_key = readable_file(
+        &key_v,
+        "expected the path of a private SSH key file, such as /run/secrets/deploy_key",
+    )?;
+    if let Some((_, content)) = &ssh_key {
+        let text = String::from_utf8_lossy(content);
+        if !(text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----")) {
+            return Err(key_v.invalid(
+                "the file is not a private key (no -----BEGIN ... PRIVATE KEY----- line; is it the .pub file?)",
+            ));
+        }
+    }
+    let known_hosts = readable_file(
+        &known_v,
+        "expected the path of a known_hosts file, such as the output of ssh-keyscan",
+    )?;
+    let accept_new = accept_v.parse("expected true or false", false, parse_bool)?;
+    if !repo.is_ssh() {
+        for (v, set) in [
+            (&key_v, ssh_key.is_some()),
+            (&known_v, known_hosts.is_some()),
+            (&accept_v, accept_new),
+        ] {
+            if set {
+                return Err(v.invalid(format!(
+                    "applies to ssh repositories (ssh:// or git@host:path) only; {PREFIX}REPO is not one"
+                )));
+            }
+        }
+    }
+
+    let ca = readable_file(
+        &ca_v,
+        "expected the path of a PEM file with the CA certificate(s) of the git server",
+    )?;
+    if let Some((_, content)) = &ca {
+        if !String::from_utf8_lossy(content).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ca_v.invalid(
+                "the file has no PEM certificate; expected -----BEGIN CERTIFICATE----- blocks",
+            ));
+        }
+        if !repo.expose().starts_with("https://") {
+            return Err(ca_v.invalid(format!(
+                "applies to https:// repositories only; {PREFIX}REPO is not one"
+            )));
+        }
+    }
+
+    Ok(Credentials {
+        ssh_key_file: ssh_key.map(|(p, _)| p),
+        ssh_known_hosts_file: known_hosts.map(|(p, _)| p),
+        ssh_accept_new_host_keys: accept_new,
+        login,
+        ca_file: ca.map(|(p, _)| p),
+    })
+}
+
 fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let mut deprecations = Vec::new();
     let mut legacy_fallback =
@@ -700,6 +924,10 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         "expected a git URL (https://, ssh://, git@host:path, git://, file://) or a path",
     )?;
     let repo = RepoUrl::parse(repo_text).map_err(|why| repo_v.invalid(why))?;
+    if repo.expose().starts_with("http://") && repo.has_credentials() {
+        return Err(repo_v.invalid(CLEARTEXT));
+    }
+    let credentials = credentials(&raw, &repo)?;
 
     let dest_v = Var::named(dest_var, &dest_value);
     let dest = PathBuf::from(
@@ -904,6 +1132,7 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
 
     Ok(Settings {
         repo,
+        credentials,
         dest,
         reference,
         subdir,
@@ -1098,6 +1327,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("GITRELOAD_AGE_IDENTITY_FILE="), "{err}");
+    }
+
+    #[test]
+    fn token_given_as_user_name_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "x-oauth-basic\n").unwrap();
+        let err = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "https://github.com/o/r.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+            ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+            ("GITRELOAD_USERNAME", "ghp_abcdefghijklmnop0123456789"),
+            ("GITRELOAD_PASSWORD_FILE", file.to_str().unwrap()),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("GITRELOAD_USERNAME=***: looks like an access token"),
+            "{err}"
+        );
+        assert!(!err.contains("ghp_abc"), "{err}");
     }
 
     #[test]

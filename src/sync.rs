@@ -166,7 +166,11 @@ impl Pipeline {
                 settings.state_dir.display()
             )
         })?;
-        let mirror = Mirror::new(&settings.state_dir, settings.repo.clone(), Vec::new());
+        let mirror = Mirror::new(
+            &settings.state_dir,
+            settings.repo.clone(),
+            settings.credentials.clone(),
+        );
         let stale = mirror.remove_stale_locks();
         if stale > 0 {
             tracing::warn!(
@@ -523,7 +527,8 @@ impl Pipeline {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(GitError::Fetch {
                 url: self.mirror.url().redacted(),
-                message: format!("fetch task failed: {join}"),
+                // A panic's message could quote anything; scrub it.
+                message: crate::redact::scrub(&format!("fetch task failed: {join}")),
             }),
             Err(_) => {
                 // gix checks the flag between reads; the thread ends on its own.

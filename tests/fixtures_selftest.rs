@@ -136,6 +136,88 @@ fn smart_http_basic_auth_password_can_change() {
     assert!(ls_remote_ok(&up, &rotated));
 }
 
+/// `git clone` of `url` with `GIT_SSH_COMMAND` set to `ssh_command`.
+fn clone_readme_over_ssh(up: &Upstream, url: &str, ssh_command: &str) -> Result<String, String> {
+    let dest = TempDir::new().unwrap();
+    let out = up
+        .git_command()
+        .env("GIT_SSH_COMMAND", ssh_command)
+        .args(["clone", "-q", url])
+        .arg(dest.path().join("c"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(fs::read_to_string(dest.path().join("c/README")).unwrap())
+}
+
+#[test]
+fn sshd_serves_the_upstream_to_the_client_key_only_and_can_change_its_host_key() {
+    let (up, _) = upstream_with_readme("over ssh\n");
+    let mut sshd = Sshd::start(&up);
+    let dir = TempDir::new().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let ssh = |key: &Path| {
+        format!(
+            "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityAgent=none \
+             -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null \
+             -o UserKnownHostsFile={} -i {}",
+            known_hosts.display(),
+            key.display()
+        )
+    };
+    let client = ssh(&sshd.client_key_path());
+    for url in [sshd.url(), sshd.scp_url()] {
+        assert_eq!(
+            clone_readme_over_ssh(&up, &url, &client),
+            Ok("over ssh\n".to_string()),
+            "{url}\n{}",
+            sshd.log_tail(20)
+        );
+    }
+    let refused = clone_readme_over_ssh(&up, &sshd.url(), &ssh(&sshd.other_key_path()));
+    assert!(refused.unwrap_err().contains("Permission denied"));
+
+    sshd.rotate_host_key();
+    let changed = clone_readme_over_ssh(&up, &sshd.url(), &client).unwrap_err();
+    assert!(
+        changed.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{changed}"
+    );
+    sshd.write_known_hosts(&known_hosts);
+    assert!(clone_readme_over_ssh(&up, &sshd.url(), &client).is_ok());
+}
+
+#[test]
+fn smart_http_tls_listener_is_trusted_with_its_private_ca_only() {
+    let (up, _) = upstream_with_readme("over tls\n");
+    let http = SmartHttp::start_with_tls(&up, Some(("reader", "s3cret")));
+    let with_ca = |ca: Option<&Path>| {
+        let dest = TempDir::new().unwrap();
+        let mut cmd = up.git_command();
+        if let Some(ca) = ca {
+            cmd.env("GIT_SSL_CAINFO", ca);
+        }
+        cmd.args(["clone", "-q", &http.https_url_with_credentials()])
+            .arg(dest.path().join("c"))
+            .output()
+            .unwrap()
+    };
+    let out = with_ca(Some(&http.ca_path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_ca(None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate"));
+    // The plain listener still serves, behind the same basic auth.
+    assert!(ls_remote_ok(&up, &http.url_with_credentials()));
+}
+
 #[test]
 fn dnsmasq_answers_several_a_records_nxdomain_and_changes() {
     let mut dns = Dns::start(&[

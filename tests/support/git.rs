@@ -341,10 +341,13 @@ impl GitDaemon {
 /// Smart HTTP for an [`Upstream`]: nginx (private prefix, config, pid and temp
 /// paths, `daemon off`) on 127.0.0.1:PORT, passing every request to fcgiwrap
 /// on a unix socket, which runs `git http-backend`. Optional basic auth whose
-/// password a test can change while it runs.
+/// password a test can change while it runs, and an optional TLS listener
+/// with a certificate for 127.0.0.1 from a private CA made for it.
 pub struct SmartHttp {
     /// The port nginx listens on (127.0.0.1).
     port: u16,
+    /// The TLS port, if enabled (same server, same auth).
+    tls_port: Option<u16>,
     /// Basic-auth user and password, if enabled.
     auth: Option<(String, String)>,
     /// nginx master (stopped first).
@@ -358,19 +361,38 @@ pub struct SmartHttp {
 impl SmartHttp {
     /// Serves `http://127.0.0.1:PORT/upstream.git` without authentication.
     pub fn start(up: &Upstream) -> SmartHttp {
-        Self::start_inner(up, None)
+        Self::start_inner(up, None, false)
     }
 
     /// Serves it behind basic auth for `user` / `password`.
     pub fn start_with_basic_auth(up: &Upstream, user: &str, password: &str) -> SmartHttp {
-        Self::start_inner(up, Some((user.to_string(), password.to_string())))
+        Self::start_inner(up, Some((user.to_string(), password.to_string())), false)
     }
 
-    fn start_inner(up: &Upstream, auth: Option<(String, String)>) -> SmartHttp {
+    /// Also serves `https://127.0.0.1:TLS_PORT/upstream.git` with a server
+    /// certificate signed by a private CA (`ca_path()`), optionally behind
+    /// basic auth.
+    pub fn start_with_tls(up: &Upstream, auth: Option<(&str, &str)>) -> SmartHttp {
+        let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));
+        Self::start_inner(up, auth, true)
+    }
+
+    fn start_inner(up: &Upstream, auth: Option<(String, String)>, tls: bool) -> SmartHttp {
         let dir = TempDir::new().unwrap();
         let d = dir.path().to_path_buf();
         let home = make_home(&d);
         let port = free_port("127.0.0.1");
+        let tls_port = tls.then(|| free_port("127.0.0.1"));
+        let tls_lines = match tls_port {
+            Some(tls_port) => {
+                make_tls_certificates(&d);
+                format!(
+                    "listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;",
+                    d = d.display()
+                )
+            }
+            None => String::new(),
+        };
         for sub in ["tmp", "logs"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
@@ -423,6 +445,7 @@ http {{
   scgi_temp_path {d}/tmp/scgi;
   server {{
     listen 127.0.0.1:{port};
+    {tls_lines}
     location / {{
       {auth_lines}
       client_max_body_size 0;
@@ -472,6 +495,7 @@ http {{
         );
         let mut http = SmartHttp {
             port,
+            tls_port,
             auth,
             nginx,
             fcgiwrap,
@@ -501,6 +525,26 @@ http {{
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `https://127.0.0.1:TLS_PORT/upstream.git` (TLS must be enabled).
+    pub fn https_url(&self) -> String {
+        let port = self.tls_port.expect("TLS is not enabled");
+        format!("https://127.0.0.1:{port}/upstream.git")
+    }
+
+    /// `https://USER:PASSWORD@127.0.0.1:TLS_PORT/upstream.git` with the
+    /// password given at start.
+    pub fn https_url_with_credentials(&self) -> String {
+        let (user, password) = self.auth.as_ref().expect("basic auth is not enabled");
+        let port = self.tls_port.expect("TLS is not enabled");
+        format!("https://{user}:{password}@127.0.0.1:{port}/upstream.git")
+    }
+
+    /// The private CA's certificate (PEM) that signed the server's.
+    pub fn ca_path(&self) -> PathBuf {
+        assert!(self.tls_port.is_some(), "TLS is not enabled");
+        self.dir.path().join("ca.pem")
     }
 
     /// Changes the accepted password (nginx reads the file on every request).
@@ -534,4 +578,78 @@ http {{
             file_tail(&self.dir.path().join("fcgiwrap.log"), 30)
         )
     }
+}
+
+/// Makes `dir/ca.pem` (a private CA) and `dir/server.pem` + `server.key` (a
+/// certificate for IP 127.0.0.1 signed by it) with `openssl`.
+pub fn make_tls_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = clean_command("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is not installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "3",
+        "-subj",
+        "/CN=gitreload test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "3",
+        "-extfile",
+        "server.ext",
+    ]);
 }

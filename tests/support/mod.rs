@@ -41,8 +41,20 @@
 //!   `base_dir()`, `work_path()`, `file_url()`.
 //! - `GitDaemon::start(&Upstream)`: `url()`, `port()`, `stop()`, `restart()`.
 //! - `SmartHttp::start(&Upstream)`, `SmartHttp::start_with_basic_auth(&up,
-//!   user, password)`: `url()`, `url_with_credentials()`, `port()`,
-//!   `set_password(password)`, `stop()`, `restart()` (nginx only).
+//!   user, password)`, `SmartHttp::start_with_tls(&up, Option<(user,
+//!   password)>)`: `url()`, `url_with_credentials()`, `port()`,
+//!   `https_url()`, `https_url_with_credentials()` and `ca_path()` (TLS with
+//!   a private CA, certificate for 127.0.0.1), `set_password(password)`,
+//!   `stop()`, `restart()` (nginx only).
+//!
+//! SSH (`ssh.rs`):
+//! - `Sshd::start(&Upstream)`: sshd on 127.0.0.1:PORT, key auth only, login
+//!   as the current user. `url()` (`ssh://user@127.0.0.1:PORT/abs/upstream.git`),
+//!   `scp_url()` (`user@127.x.y.z:/abs/...`: sshd also listens on port 22 of
+//!   a random loopback address when run as root), `known_hosts_line()`,
+//!   `write_known_hosts(path)`, `client_key_path()` (accepted),
+//!   `other_key_path()` (refused), `rotate_host_key()`, `stop()`,
+//!   `restart()`, `log_tail(n)`. `make_key(path, comment)` makes a key pair.
 //!
 //! DNS (`dns.rs`):
 //! - `Dns::start(&[(name, ip)])`: dnsmasq; `set_records(&[(name, ip)])`
@@ -81,11 +93,13 @@ pub mod dns;
 pub mod git;
 pub mod gitreload;
 pub mod sidecar;
+pub mod ssh;
 
 pub use apps::{Alertmanager, Prometheus};
 pub use dns::{query_a, Dns};
 pub use git::{GitDaemon, SmartHttp, Upstream};
 pub use gitreload::{Gitreload, Output, RunningGitreload};
+pub use ssh::Sshd;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
