@@ -168,3 +168,30 @@ impl std::io::Write for ScrubbedStdout {
         std::io::stdout().flush()
     }
 }
+
+/// A panic is logged as one error event, its message scrubbed of every
+/// remembered secret (the default hook would print it raw to stderr).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(
+            error = %crate::redact::scrub(&message),
+            location = %location,
+            thread = %thread,
+            "panic"
+        );
+    }));
+}

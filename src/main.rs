@@ -86,39 +86,12 @@ fn main() -> ExitCode {
     // Several TLS backends are linked in; choose one before any connection.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     gitreload::logging::init(&settings.log_level, settings.log_format);
-    install_panic_hook();
+    gitreload::logging::install_panic_hook();
     let code = runtime.block_on(run(settings));
     // A fetch abandoned at its timeout may still sit in a blocking read;
     // do not wait for it to exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
-}
-
-/// A panic is logged as one error event, its message scrubbed of every
-/// remembered secret (the default hook would print it raw to stderr).
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into());
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_string();
-        tracing::error!(
-            error = %gitreload::redact::scrub(&message),
-            location = %location,
-            thread = %thread,
-            "panic"
-        );
-    }));
 }
 
 async fn run(settings: Settings) -> ExitCode {
