@@ -61,6 +61,14 @@ impl Checker {
         Checker { kind, timeout }
     }
 
+    /// The checker the settings ask for, if any.
+    pub fn from_settings(settings: &crate::settings::StagingSettings) -> Option<Checker> {
+        settings
+            .check
+            .clone()
+            .map(|kind| Checker::new(kind, settings.check_timeout))
+    }
+
     /// What the checker runs, as shown in logs.
     pub fn describe(&self) -> String {
         match &self.kind {

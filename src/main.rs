@@ -141,7 +141,7 @@ async fn run(settings: Settings) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
         settings.stale_after,
-        settings.fetch_timeout + settings.check_timeout + Duration::from_secs(60),
+        settings.fetch_timeout + settings.staging.check_timeout + Duration::from_secs(60),
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {

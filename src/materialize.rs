@@ -115,6 +115,28 @@ pub struct Rules {
     pub secrets: Secrets,
 }
 
+impl Rules {
+    /// The rules the settings ask for; `mode` says whether absent secrets
+    /// reject (deploy) or become placeholders (validate).
+    pub fn from_settings(
+        settings: &crate::settings::StagingSettings,
+        mode: secrets::Mode,
+    ) -> Rules {
+        Rules {
+            limits: Limits {
+                max_files: settings.max_files,
+                max_file_size: settings.max_file_size,
+            },
+            secrets: Secrets {
+                identities: settings.age_identity.clone(),
+                expand: settings.expand.clone(),
+                mode,
+                max_file_size: settings.max_file_size,
+            },
+        }
+    }
+}
+
 /// Writes `commit` (below `subdir`) into `staging_root/<commit>`, replacing
 /// whatever was there.
 pub fn materialize(

@@ -152,8 +152,8 @@ pub struct Settings {
     pub dest: PathBuf,
     /// Branch, tag or full commit id; `None` follows the remote's HEAD.
     pub reference: Option<String>,
-    /// Only this directory of the repository is deployed (`""` = root).
-    pub subdir: String,
+    /// How a tree is staged and checked (shared with `gitreload validate`).
+    pub staging: StagingSettings,
     /// Private state: mirror, staging, manifest. Never the destination.
     pub state_dir: PathBuf,
     /// Time between polls.
@@ -162,26 +162,14 @@ pub struct Settings {
     pub once: bool,
     /// Longest a single fetch may take.
     pub fetch_timeout: Duration,
-    /// The gate a commit must pass; `None` deploys unchecked.
-    pub check: Option<CheckerKind>,
-    /// Longest the checker may run before it is killed.
-    pub check_timeout: Duration,
     /// Permission bits of deployed files (exec bits added for executables).
     pub file_mode: u32,
     /// Owner of deployed files, when set.
     pub file_owner: Option<Owner>,
-    /// A commit with more files than this is rejected.
-    pub max_files: usize,
     /// What to do about hand edits of managed files.
     pub drift: DriftMode,
     /// Period of the full re-verification of the destination by hash.
     pub verify_interval: Duration,
-    /// A commit with a file larger than this (bytes) is rejected.
-    pub max_file_size: u64,
-    /// Deployed paths whose `${file:}`/`${env:}` references are substituted.
-    pub expand: Vec<glob::Pattern>,
-    /// Identities that decrypt `.age` files; `None` rejects them.
-    pub age_identity: Option<Identities>,
     /// Permission bits of decrypted or substituted files.
     pub secret_file_mode: u32,
     /// Reload URLs; each host is resolved to all its A records.
@@ -207,18 +195,24 @@ pub struct Settings {
     pub deprecations: Vec<String>,
 }
 
-/// What `gitreload validate` needs: how a tree is staged and checked, and
-/// nothing about where it comes from or goes to.
+/// How a tree is staged and checked: what the sidecar and `gitreload
+/// validate` share, and nothing about where the tree comes from or goes to.
 #[derive(Debug, Clone)]
-pub struct ValidateSettings {
-    /// Only this directory of the checkout is checked (`""` = root).
+pub struct StagingSettings {
+    /// Only this directory of the repository is deployed (`""` = root).
     pub subdir: String,
-    /// The gate; `None` checks only the path rules and secrets.
+    /// The gate a commit must pass; `None` checks only the path rules and
+    /// secrets.
     pub check: Option<CheckerKind>,
+    /// Longest the checker may run before it is killed.
     pub check_timeout: Duration,
+    /// A commit with more files than this is rejected.
     pub max_files: usize,
+    /// A commit with a file larger than this (bytes) is rejected.
     pub max_file_size: u64,
+    /// Deployed paths whose `${file:}`/`${env:}` references are substituted.
     pub expand: Vec<glob::Pattern>,
+    /// Identities that decrypt `.age` files; `None` rejects them.
     pub age_identity: Option<Identities>,
 }
 
@@ -355,7 +349,7 @@ impl Settings {
     /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, AGE_IDENTITY_FILE)
     /// from the process environment; REPO and DEST are not needed, and the
     /// other variables are not validated.
-    pub fn for_validate() -> Result<ValidateSettings, SettingsError> {
+    pub fn for_validate() -> Result<StagingSettings, SettingsError> {
         Settings::for_validate_from_vars(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
@@ -365,7 +359,7 @@ impl Settings {
     /// [`Settings::for_validate`] on the given variables.
     pub fn for_validate_from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<ValidateSettings, SettingsError> {
+    ) -> Result<StagingSettings, SettingsError> {
         let vars = known_vars(vars)?;
         let raw: Raw = envy::prefixed(PREFIX)
             .from_iter(vars)
@@ -408,12 +402,12 @@ impl Settings {
                 "ref",
                 self.reference.clone().unwrap_or_else(|| "HEAD".into()),
             ),
-            ("subdir", self.subdir.clone()),
+            ("subdir", self.staging.subdir.clone()),
             ("state_dir", self.state_dir.display().to_string()),
             ("interval", d(self.interval)),
             (
                 "check",
-                match &self.check {
+                match &self.staging.check {
                     None => "none".into(),
                     Some(CheckerKind::Prometheus) => "prometheus".into(),
                     Some(CheckerKind::Alertmanager) => "alertmanager".into(),
@@ -422,7 +416,8 @@ impl Settings {
             ),
             (
                 "expand",
-                self.expand
+                self.staging
+                    .expand
                     .iter()
                     .map(|p| p.as_str())
                     .collect::<Vec<_>>()
@@ -430,7 +425,8 @@ impl Settings {
             ),
             (
                 "age_identities",
-                self.age_identity
+                self.staging
+                    .age_identity
                     .as_ref()
                     .map_or("none".into(), |ids| ids.len().to_string()),
             ),
@@ -670,7 +666,7 @@ fn valid_target(url: &str) -> bool {
 
 /// The variables that decide how a tree is staged and checked; shared by
 /// the sidecar and `gitreload validate`.
-fn staging(raw: &Raw) -> Result<ValidateSettings, SettingsError> {
+fn staging(raw: &Raw) -> Result<StagingSettings, SettingsError> {
     let subdir_v = Var::new("SUBDIR", &raw.subdir);
     let subdir = subdir_v
         .get("expected a directory inside the repository, such as prometheus")?
@@ -734,7 +730,7 @@ fn staging(raw: &Raw) -> Result<ValidateSettings, SettingsError> {
         None => None,
     };
 
-    Ok(ValidateSettings {
+    Ok(StagingSettings {
         subdir,
         check,
         check_timeout,
@@ -947,15 +943,7 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         }
     }
 
-    let ValidateSettings {
-        subdir,
-        check,
-        check_timeout,
-        max_files,
-        max_file_size,
-        expand,
-        age_identity,
-    } = staging(&raw)?;
+    let staging = staging(&raw)?;
 
     let state_v = Var::new("STATE_DIR", &raw.state_dir);
     let state_dir = PathBuf::from(
@@ -1135,21 +1123,15 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         credentials,
         dest,
         reference,
-        subdir,
+        staging,
         state_dir,
         interval,
         once,
         fetch_timeout,
-        check,
-        check_timeout,
         file_mode,
         file_owner,
-        max_files,
-        max_file_size,
         drift,
         verify_interval,
-        expand,
-        age_identity,
         secret_file_mode,
         targets,
         reload_method,
@@ -1310,7 +1292,7 @@ mod tests {
         };
         let ok = with(("GITRELOAD_INTERVAL", "30s")).unwrap();
         assert_eq!(ok.secret_file_mode, 0o640);
-        assert!(ok.expand.is_empty() && ok.age_identity.is_none());
+        assert!(ok.staging.expand.is_empty() && ok.staging.age_identity.is_none());
         let err = with(("GITRELOAD_EXPAND", "a/[b.yml"))
             .unwrap_err()
             .to_string();

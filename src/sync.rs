@@ -26,10 +26,10 @@ use tokio::sync::{watch, Notify};
 use crate::check::{CheckError, Checker};
 use crate::deploy::{self, Manifest, Records, Verify};
 use crate::git::{CommitId, Fetched, GitError, Mirror};
-use crate::materialize::{self, Limits, MaterializeError, Rules, Staged};
+use crate::materialize::{self, MaterializeError, Rules, Staged};
 use crate::metrics::{Metrics, Stage, SyncResult};
 use crate::reload::{Refusal, Reloader};
-use crate::secrets::{Mode, Secrets};
+use crate::secrets::Mode;
 use crate::settings::{DriftMode, Settings};
 
 /// What the HTTP server reports about the loop.
@@ -211,22 +211,8 @@ impl Pipeline {
                 .values()
                 .any(|f| matches!(f.kind, materialize::FileKind::File { secret: true, .. }))
         });
-        let rules = Arc::new(Rules {
-            limits: Limits {
-                max_files: settings.max_files,
-                max_file_size: settings.max_file_size,
-            },
-            secrets: Secrets {
-                identities: settings.age_identity.clone(),
-                expand: settings.expand.clone(),
-                mode: Mode::Deploy,
-                max_file_size: settings.max_file_size,
-            },
-        });
-        let checker = settings
-            .check
-            .clone()
-            .map(|kind| Checker::new(kind, settings.check_timeout));
+        let rules = Arc::new(Rules::from_settings(&settings.staging, Mode::Deploy));
+        let checker = Checker::from_settings(&settings.staging);
         Ok(Pipeline {
             staging_root,
             mirror: Arc::new(mirror),
@@ -300,7 +286,7 @@ impl Pipeline {
         let live = self
             .deployed
             .as_ref()
-            .filter(|m| m.subdir == self.settings.subdir)
+            .filter(|m| m.subdir == self.settings.staging.subdir)
             .map(|m| m.commit.clone());
         if live.as_ref() == Some(&fetched.commit) && self.restage {
             self.restage = false;
@@ -373,7 +359,7 @@ impl Pipeline {
             return None;
         }
         let manifest = self.deployed.clone()?;
-        if manifest.subdir != self.settings.subdir {
+        if manifest.subdir != self.settings.staging.subdir {
             return None;
         }
         let dest = self.settings.dest.clone();
@@ -586,7 +572,7 @@ impl Pipeline {
         let began = Instant::now();
         let mirror = self.mirror.clone();
         let commit = commit.clone();
-        let subdir = self.settings.subdir.clone();
+        let subdir = self.settings.staging.subdir.clone();
         let root = self.staging_root.clone();
         let rules = self.rules.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -18,9 +18,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::check::{CheckError, Checker};
-use crate::materialize::{self, Limits, MaterializeError, Rules};
-use crate::secrets::{Mode, Secrets};
-use crate::settings::ValidateSettings;
+use crate::materialize::{self, MaterializeError, Rules};
+use crate::secrets::Mode;
+use crate::settings::StagingSettings;
 
 /// The result of validating a checkout.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub struct Report {
 
 /// Stages `dir` (below `GITRELOAD_SUBDIR`) and runs the checker on it.
 /// `Err` means it could not be validated at all (no such directory, I/O).
-pub async fn validate(settings: &ValidateSettings, dir: &Path) -> Result<Report, String> {
+pub async fn validate(settings: &StagingSettings, dir: &Path) -> Result<Report, String> {
     let source = if settings.subdir.is_empty() {
         dir.to_path_buf()
     } else {
@@ -52,22 +52,8 @@ pub async fn validate(settings: &ValidateSettings, dir: &Path) -> Result<Report,
         };
         return Err(format!("{} is not a directory{hint}", source.display()));
     }
-    let rules = Rules {
-        limits: Limits {
-            max_files: settings.max_files,
-            max_file_size: settings.max_file_size,
-        },
-        secrets: Secrets {
-            identities: settings.age_identity.clone(),
-            expand: settings.expand.clone(),
-            mode: Mode::Validate,
-            max_file_size: settings.max_file_size,
-        },
-    };
-    let checker = settings
-        .check
-        .clone()
-        .map(|kind| Checker::new(kind, settings.check_timeout));
+    let rules = Rules::from_settings(settings, Mode::Validate);
+    let checker = Checker::from_settings(settings);
     let staging = staging_dir();
     let staged = {
         let (source, staging) = (source.clone(), staging.clone());
