@@ -83,8 +83,9 @@ fn main() -> ExitCode {
     for secret in settings.secrets() {
         gitreload::redact::remember(&secret);
     }
-    // Several TLS backends are linked in; choose one before any connection.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // reqwest is built without a default crypto provider: choose ring
+    // before any TLS connection (the https transport panics otherwise).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     gitreload::logging::init(&settings.log_level, settings.log_format);
     gitreload::logging::install_panic_hook();
     let code = runtime.block_on(run(settings));

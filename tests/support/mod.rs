@@ -569,6 +569,8 @@ impl Service {
 pub fn http_client() -> &'static reqwest::blocking::Client {
     static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
+        // reqwest is built without a default TLS provider, as in gitreload.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::blocking::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
