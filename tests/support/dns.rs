@@ -158,7 +158,8 @@ fn write_hosts(dir: &Path, records: &[(&str, &str)]) {
     fs::rename(dir.join("hosts.tmp"), dir.join("hosts")).unwrap();
 }
 
-/// Asks `server` (`ip:port`, loopback) over UDP for the A records of `name`.
+/// Asks `server` (`ip:port`, loopback) over UDP (EDNS0, 4096-byte answers)
+/// for the A records of `name`.
 /// Ok: the addresses, sorted (maybe empty for NODATA). Err: the rcode
 /// (3 = NXDOMAIN), or 255 when no answer came within 1 s (after 3 tries).
 pub fn query_a(server: &str, name: &str) -> Result<Vec<Ipv4Addr>, u8> {
@@ -173,16 +174,19 @@ pub fn query_a(server: &str, name: &str) -> Result<Vec<Ipv4Addr>, u8> {
     let id = (nanos ^ std::process::id()) as u16;
     let mut q = Vec::with_capacity(64);
     q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; 1 question
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]); // RD; 1 question, 1 additional
     for label in name.trim_end_matches('.').split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+                                           // EDNS0 OPT record offering a 4096-byte answer: without it dnsmasq cuts
+                                           // a name with many A records (100 targets) to 512 bytes.
+    q.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(350)))
         .unwrap();
-    let mut buf = [0u8; 1500];
+    let mut buf = [0u8; 4096];
     for _ in 0..3 {
         sock.send_to(&q, server).unwrap();
         let Ok((n, _)) = sock.recv_from(&mut buf) else {
