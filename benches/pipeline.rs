@@ -495,12 +495,8 @@ impl Fleet {
         sidecar.upstream.commit_and_push("seed");
         let out = sidecar.gitreload_file().arg("--once").run_once(WAIT);
         assert!(out.status.success(), "seeding failed: {}", out.stdout);
-        let port = free_port_on(&ips);
-        let proms = ips
-            .iter()
-            .map(|ip| Prometheus::start_on(ip, port, &sidecar.dest()))
-            .collect();
-        let dns = Dns::start(&[("tasks.prometheus", ips[0]), ("tasks.prometheus", ips[1])]);
+        let Replicas { proms, port, dns } =
+            Replicas::start("tasks.prometheus", &ips, &sidecar.dest());
         let daemon = GitDaemon::start(&sidecar.upstream);
         let http = SmartHttp::start(&sidecar.upstream);
         Fleet {

@@ -30,12 +30,8 @@ impl Fleet {
         sidecar.upstream.commit_and_push("one");
         let out = sidecar.gitreload_file().arg("--once").run_once(T);
         assert!(out.status.success(), "{}", out.stdout);
-        let port = free_port_on(&ips);
-        let proms = ips
-            .iter()
-            .map(|ip| Prometheus::start_on(ip, port, &sidecar.dest()))
-            .collect();
-        let dns = Dns::start(&[("tasks.prometheus", ips[0]), ("tasks.prometheus", ips[1])]);
+        let Replicas { proms, port, dns } =
+            Replicas::start("tasks.prometheus", &ips, &sidecar.dest());
         Fleet {
             sidecar,
             dns,

@@ -315,3 +315,29 @@ impl DerefMut for Alertmanager {
         &mut self.app
     }
 }
+
+/// Replicas of one Prometheus service as Swarm runs them: one process per
+/// loopback address, all on one port, all reading `config_dir`, and a DNS
+/// server answering `name` with every address.
+pub struct Replicas {
+    pub proms: Vec<Prometheus>,
+    /// The port every replica listens on.
+    pub port: u16,
+    pub dns: Dns,
+}
+
+impl Replicas {
+    pub fn start(name: &str, ips: &[&str], config_dir: &Path) -> Replicas {
+        let port = free_port_on(ips);
+        let proms = ips
+            .iter()
+            .map(|ip| Prometheus::start_on(ip, port, config_dir))
+            .collect();
+        let records: Vec<(&str, &str)> = ips.iter().map(|ip| (name, *ip)).collect();
+        Replicas {
+            proms,
+            port,
+            dns: Dns::start(&records),
+        }
+    }
+}

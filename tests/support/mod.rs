@@ -95,7 +95,7 @@ pub mod gitreload;
 pub mod sidecar;
 pub mod ssh;
 
-pub use apps::{Alertmanager, Prometheus};
+pub use apps::{Alertmanager, Prometheus, Replicas};
 pub use dns::{query_a, Dns};
 pub use git::{GitDaemon, SmartHttp, Upstream};
 pub use gitreload::{Gitreload, Output, RunningGitreload};
