@@ -8,7 +8,11 @@
 //!   stamp mismatch falls back to hashing.
 //! - Each changed file is written to a temp file in its own directory,
 //!   fsynced, then renamed over the old one: a reader sees the old or the new
-//!   content, never half of either.
+//!   content, never half of either. The bytes are hashed as they are
+//!   copied: a staged file that no longer matches its recorded hash (a
+//!   checker wrote to it) fails the deploy, which is rolled back.
+//! - The work is proportional to what changed, plus one `lstat` per managed
+//!   file (spread over the cores) and the manifest.
 //! - Files in the destination that gitreload did not put there are never
 //!   touched. The manifest in the state directory records what it manages.
 //! - A deploy that fails midway (disk full, read-only volume) is rolled
@@ -24,39 +28,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::git::CommitId;
-use crate::materialize::{FileKind, Staged};
+use crate::materialize::{FileKind, Staged, Stamp};
 use crate::settings::Owner;
 use crate::state::{self, StateError};
 
 /// Prefix of gitreload's temp and backup files in the destination.
 pub const LEFTOVER_PREFIX: &str = ".gitreload-";
-
-/// What the destination should look like at the stat level, so that an
-/// unchanged file is known without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Stamp {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        }
-    }
-}
 
 /// One managed path as last deployed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -247,13 +230,25 @@ pub fn deploy(
     std::fs::create_dir_all(dest).map_err(io("creating", dest, true))?;
     let previous_files = previous.map(|m| &m.files);
 
-    let mut to_write = Vec::new();
-    for (path, kind) in &staged.files {
-        let known = previous_files.and_then(|f| f.get(path));
-        if !matches(&dest.join(path), kind, known, verify, options)? {
-            to_write.push(path.as_str());
-        }
-    }
+    let wanted: Vec<(&str, &FileKind, Option<&Managed>)> = staged
+        .files
+        .iter()
+        .map(|(path, kind)| {
+            let known = previous_files.and_then(|f| f.get(path));
+            (path.as_str(), kind, known)
+        })
+        .collect();
+    // The stamps of entries found equal also go into the new manifest: an
+    // unchanged file is looked at once.
+    let seen = compare_all(dest, &wanted, verify, options)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let to_write: Vec<&str> = wanted
+        .iter()
+        .zip(&seen)
+        .filter(|(_, stamp)| stamp.is_none())
+        .map(|((path, _, _), _)| *path)
+        .collect();
     let managed: BTreeSet<&str> = previous_files
         .into_iter()
         .flat_map(|f| f.keys())
@@ -273,17 +268,28 @@ pub fn deploy(
             &records.journal,
             &Journal {
                 commit: staged.commit.clone(),
-                paths: managed
+                // With the manifest still on disk, these are every path
+                // the destination may hold after a crash.
+                paths: to_write
                     .iter()
+                    .chain(&to_delete)
                     .map(|p| p.to_string())
-                    .chain(staged.files.keys().cloned())
+                    .chain(extra_managed.iter().cloned())
                     .collect(),
             },
         )?;
         let mut undo = Vec::new();
         let mut dirs = BTreeSet::new();
+        let mut moved_aside = Vec::new();
         let applied = apply(
-            staged, dest, &to_write, &to_delete, options, &mut undo, &mut dirs,
+            staged,
+            dest,
+            &to_write,
+            &to_delete,
+            options,
+            &mut undo,
+            &mut dirs,
+            &mut moved_aside,
         );
         if let Err(err) = applied {
             let rolled_back = rollback(undo, dest);
@@ -303,7 +309,11 @@ pub fn deploy(
             });
         }
         // Deletes come last: if a write fails, nothing was lost yet.
-        for path in &to_delete {
+        report.deleted.extend(moved_aside.iter().cloned());
+        for path in to_delete
+            .iter()
+            .filter(|p| !moved_aside.iter().any(|m| m == *p))
+        {
             let full = dest.join(path);
             match std::fs::remove_file(&full) {
                 Ok(()) => report.deleted.push(path.to_string()),
@@ -319,7 +329,7 @@ pub fn deploy(
         }
         for item in undo {
             if let Undo::Replaced { backup, .. } | Undo::MovedAside { backup, .. } = item {
-                let _ = std::fs::remove_file(&backup);
+                let _ = state::remove_tree(&backup);
             }
         }
         for dir in &dirs {
@@ -330,21 +340,20 @@ pub fn deploy(
         report.written = to_write.iter().map(|p| p.to_string()).collect();
     }
 
-    let mut files = BTreeMap::new();
-    for (path, kind) in &staged.files {
-        let stamp = dest
-            .join(path)
-            .symlink_metadata()
-            .ok()
-            .map(|m| Stamp::of(&m));
-        files.insert(
-            path.clone(),
-            Managed {
-                kind: kind.clone(),
-                stamp,
-            },
-        );
-    }
+    let files: BTreeMap<String, Managed> = wanted
+        .iter()
+        .zip(seen)
+        .map(|((path, kind, _), stamp)| {
+            let stamp = stamp.or_else(|| {
+                dest.join(path)
+                    .symlink_metadata()
+                    .ok()
+                    .map(|m| Stamp::of(&m))
+            });
+            let kind = (*kind).clone();
+            (path.to_string(), Managed { kind, stamp })
+        })
+        .collect();
     let previous_commit = match previous {
         Some(p) if p.commit != staged.commit => Some(p.commit.clone()),
         Some(p) => p.previous_commit.clone(),
@@ -376,41 +385,80 @@ fn io(
     }
 }
 
-/// True when the destination entry at `full` already is `kind`.
+/// The stamp of the destination entry at `full` when it already is
+/// `kind`; `None` when it must be written.
 fn matches(
     full: &Path,
     kind: &FileKind,
     known: Option<&Managed>,
     verify: Verify,
     options: Options,
-) -> Result<bool, DeployError> {
+) -> Result<Option<Stamp>, DeployError> {
     let meta = match full.symlink_metadata() {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        // NotADirectory: a file of the last commit stands where this
+        // path's directory must go.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(io("inspecting", full, true)(e)),
     };
-    match kind {
-        FileKind::Symlink { target } => Ok(meta.file_type().is_symlink()
-            && std::fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())),
+    let stamp = Stamp::of(&meta);
+    let equal = match kind {
+        FileKind::Symlink { target } => {
+            meta.file_type().is_symlink()
+                && std::fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())
+        }
         FileKind::File {
             sha256,
             executable,
             secret,
         } => {
-            if !meta.file_type().is_file() {
-                return Ok(false);
-            }
-            if meta.permissions().mode() & 0o7777 != options.mode_of(*executable, *secret) {
-                return Ok(false);
-            }
-            if let (Verify::Stamp, Some(known)) = (verify, known) {
-                if known.kind == *kind && known.stamp == Some(Stamp::of(&meta)) {
-                    return Ok(true);
-                }
-            }
-            Ok(hash_file(full).is_ok_and(|h| h == *sha256))
+            meta.file_type().is_file()
+                && meta.permissions().mode() & 0o7777 == options.mode_of(*executable, *secret)
+                && (matches!((verify, known), (Verify::Stamp, Some(k)) if k.kind == *kind && k.stamp == Some(stamp))
+                    || hash_file(full).is_ok_and(|h| h == *sha256))
         }
+    };
+    Ok(equal.then_some(stamp))
+}
+
+/// [`matches`] for every entry, in order, spread over the available cores:
+/// the pass is one `lstat` (or a hash) per managed file.
+fn compare_all(
+    dest: &Path,
+    wanted: &[(&str, &FileKind, Option<&Managed>)],
+    verify: Verify,
+    options: Options,
+) -> Vec<Result<Option<Stamp>, DeployError>> {
+    const PER_THREAD: usize = 1024;
+    let compare = |part: &[(&str, &FileKind, Option<&Managed>)]| {
+        part.iter()
+            .map(|(path, kind, known)| matches(&dest.join(path), kind, *known, verify, options))
+            .collect::<Vec<_>>()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(wanted.len().div_ceil(PER_THREAD));
+    if threads <= 1 {
+        return compare(wanted);
     }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = wanted
+            .chunks(wanted.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || compare(part)))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// SHA-256 of a file, hex.
@@ -438,17 +486,33 @@ fn apply(
     options: Options,
     undo: &mut Vec<Undo>,
     dirs: &mut BTreeSet<PathBuf>,
+    moved_aside: &mut Vec<String>,
 ) -> Result<(), DeployError> {
     for path in to_write {
         let full = dest.join(path);
         let parent = full.parent().unwrap_or(dest).to_path_buf();
         make_dirs(dest, &parent, to_delete, options, undo)?;
-        let existing = full.symlink_metadata().ok();
+        let mut existing = full.symlink_metadata().ok();
         if existing.as_ref().is_some_and(|m| m.is_dir()) {
-            return Err(DeployError::Conflict {
-                path: full,
-                commit: staged.commit.to_string(),
+            // A directory of the last commit that became a file: it may go
+            // if everything in it is gitreload's and leaves with this
+            // commit. It is moved aside, so a failure can put it back.
+            let leaving = managed_below(&full, path, to_delete);
+            let Some(leaving) = leaving else {
+                return Err(DeployError::Conflict {
+                    path: full,
+                    commit: staged.commit.to_string(),
+                });
+            };
+            let backup = temp_name(&full, "old");
+            state::remove_tree(&backup).map_err(io("removing", &backup, true))?;
+            std::fs::rename(&full, &backup).map_err(io("moving aside", &full, true))?;
+            undo.push(Undo::MovedAside {
+                path: full.clone(),
+                backup,
             });
+            moved_aside.extend(leaving);
+            existing = None;
         }
         let tmp = temp_name(&full, "tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -482,6 +546,29 @@ fn apply(
         dirs.insert(parent);
     }
     Ok(())
+}
+
+/// The managed paths below the directory `dir` (`rel` in the destination)
+/// when every entry in it is one of `to_delete`; `None` when it holds
+/// anything else (a file gitreload does not manage).
+fn managed_below(dir: &Path, rel: &str, to_delete: &[&str]) -> Option<Vec<String>> {
+    let mut found = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), rel.to_string())];
+    while let Some((dir, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).ok()? {
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            let path = format!("{rel}/{name}");
+            if entry.file_type().ok()?.is_dir() {
+                stack.push((entry.path(), path));
+            } else if to_delete.binary_search(&path.as_str()).is_ok() {
+                found.push(path);
+            } else {
+                return None;
+            }
+        }
+    }
+    Some(found)
 }
 
 /// Creates the directories leading to `dir`. A managed file that stands
@@ -536,22 +623,49 @@ fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> s
     match kind {
         FileKind::Symlink { target } => std::os::unix::fs::symlink(target, tmp),
         FileKind::File {
-            executable, secret, ..
+            sha256,
+            executable,
+            secret,
         } => {
             let mode = options.mode_of(*executable, *secret);
-            let mut input = File::open(source)?;
+            let mut input = Hashing {
+                inner: File::open(source)?,
+                hasher: Sha256::new(),
+            };
             let mut output = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode)
                 .open(tmp)?;
             std::io::copy(&mut input, &mut output)?;
+            // The bytes deployed are the bytes the manifest names, even if
+            // something (a checker) changed the staged copy.
+            if hex::encode(input.hasher.finalize()) != *sha256 {
+                return Err(std::io::Error::other(format!(
+                    "its staged copy {} changed after it was staged (did the checker write to it?)",
+                    source.display()
+                )));
+            }
             // The umask may have narrowed the mode given at creation.
             output.set_permissions(std::fs::Permissions::from_mode(mode))?;
             set_owner(tmp, options.owner)?;
             output.flush()?;
             output.sync_all()
         }
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -604,8 +718,9 @@ fn remove_empty_parents(dest: &Path, removed: &Path, keep: &BTreeMap<String, Fil
     }
 }
 
-/// Removes temp and backup files a crashed deploy left in `dest`. Returns
-/// how many were removed. Symlinked directories are not followed.
+/// Removes temp files and backups (files, or directories moved aside) a
+/// crashed deploy left in `dest`. Returns how many were removed. Symlinked
+/// directories are not followed.
 pub fn remove_leftovers(dest: &Path) -> usize {
     let mut removed = 0;
     let mut stack = vec![dest.to_path_buf()];
@@ -618,8 +733,9 @@ pub fn remove_leftovers(dest: &Path) -> usize {
                 continue;
             };
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(LEFTOVER_PREFIX) && !kind.is_dir() {
-                if std::fs::remove_file(entry.path()).is_ok() {
+            if name.to_string_lossy().starts_with(LEFTOVER_PREFIX) {
+                // A directory is one moved aside to make room for a file.
+                if state::remove_tree(&entry.path()).is_ok() {
                     removed += 1;
                 }
             } else if kind.is_dir() {
@@ -633,19 +749,16 @@ pub fn remove_leftovers(dest: &Path) -> usize {
 /// Managed paths whose destination entry no longer matches the manifest.
 /// With [`Verify::Stamp`] a file whose stat stamp is unchanged is trusted.
 pub fn drifted(dest: &Path, manifest: &Manifest, verify: Verify, options: Options) -> Vec<String> {
-    manifest
+    let wanted: Vec<(&str, &FileKind, Option<&Managed>)> = manifest
         .files
         .iter()
-        .filter(|(path, managed)| {
-            !matches(
-                &dest.join(path),
-                &managed.kind,
-                Some(managed),
-                verify,
-                options,
-            )
-            .unwrap_or(false)
-        })
-        .map(|(path, _)| path.clone())
+        .map(|(path, managed)| (path.as_str(), &managed.kind, Some(managed)))
+        .collect();
+    let seen = compare_all(dest, &wanted, verify, options);
+    wanted
+        .iter()
+        .zip(seen)
+        .filter(|(_, seen)| !matches!(seen, Ok(Some(_))))
+        .map(|((path, _, _), _)| path.to_string())
         .collect()
 }

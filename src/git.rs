@@ -105,6 +105,8 @@ pub enum GitError {
     NoDefaultBranch { url: String },
     #[error("reading commit {commit}: {message}")]
     Read { commit: String, message: String },
+    #[error("reading blob {blob}: {message}")]
+    ReadBlob { blob: String, message: String },
     #[error("directory {subdir:?} does not exist in commit {commit}")]
     SubdirMissing { subdir: String, commit: String },
 }
@@ -124,18 +126,89 @@ pub struct Fetched {
 pub enum Entry<'a> {
     /// A directory; the visitor says whether to descend into it.
     Dir { path: &'a [u8] },
-    /// A regular file and its content.
+    /// A regular file; its content is read only when the visitor asks.
     File {
         path: &'a [u8],
         executable: bool,
-        data: &'a [u8],
+        blob: Blob<'a>,
     },
-    /// A file larger than the walk's limit; its content was not read.
-    Oversized { path: &'a [u8], size: u64 },
     /// A symbolic link and its target, as stored.
     Symlink { path: &'a [u8], target: &'a [u8] },
     /// A submodule (a commit inside the tree); never materialized.
     Submodule { path: &'a [u8] },
+}
+
+/// The id of a blob in the mirror: equal ids mean equal content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobId(gix::ObjectId);
+
+/// A file's content, read on demand: a visitor that already holds the
+/// content of [`Blob::id`] never pays for reading and inflating it.
+pub struct Blob<'a>(BlobSource<'a>);
+
+enum BlobSource<'a> {
+    /// Bytes already in memory (a working tree file); no id.
+    Bytes(&'a [u8]),
+    /// A file on disk larger than the walk's limit; not read.
+    TooLarge(u64),
+    /// A blob in the mirror, read into `buf` when asked.
+    Mirror {
+        repo: &'a gix::Repository,
+        buf: &'a mut Vec<u8>,
+        id: gix::ObjectId,
+        max_size: u64,
+    },
+}
+
+/// What [`Blob::read`] found.
+pub enum Content<'b> {
+    Data(&'b [u8]),
+    /// Larger than the walk's limit; the content was not read.
+    Oversized(u64),
+}
+
+impl<'a> Blob<'a> {
+    /// Content already read (from a working tree), or `size` when it was
+    /// over the limit and left unread.
+    pub fn from_disk(data: Result<&'a [u8], u64>) -> Blob<'a> {
+        Blob(match data {
+            Ok(bytes) => BlobSource::Bytes(bytes),
+            Err(size) => BlobSource::TooLarge(size),
+        })
+    }
+
+    /// The blob's id when it comes from the mirror.
+    pub fn id(&self) -> Option<BlobId> {
+        match &self.0 {
+            BlobSource::Mirror { id, .. } => Some(BlobId(*id)),
+            _ => None,
+        }
+    }
+
+    /// The content, unless it is larger than the walk's limit.
+    pub fn read(&mut self) -> Result<Content<'_>, GitError> {
+        match &mut self.0 {
+            BlobSource::Bytes(bytes) => Ok(Content::Data(bytes)),
+            BlobSource::TooLarge(size) => Ok(Content::Oversized(*size)),
+            BlobSource::Mirror {
+                repo,
+                buf,
+                id,
+                max_size,
+            } => {
+                let error = |e: &dyn std::error::Error| GitError::ReadBlob {
+                    blob: id.to_string(),
+                    message: describe(e),
+                };
+                let size = repo.find_header(*id).map_err(|e| error(&e))?.size();
+                if size > *max_size {
+                    return Ok(Content::Oversized(size));
+                }
+                let blob = repo.objects.find_blob(id, buf).map_err(|e| error(&e))?;
+                Ok(Content::Data(blob.data))
+            }
+        }
+    }
 }
 
 /// The private bare mirror.
@@ -540,9 +613,10 @@ impl Mirror {
     }
 
     /// Walks the tree of `commit` below `subdir` (`""` = root), depth first
-    /// in tree order, calling `visit` for each entry. Blobs larger than
-    /// `max_blob_size` are reported as [`Entry::Oversized`] without being
-    /// read. For [`Entry::Dir`] the visitor's `Ok(false)` skips the directory.
+    /// in tree order, calling `visit` for each entry. A file's blob is read
+    /// only if the visitor asks; one larger than `max_blob_size` is then
+    /// reported as [`Content::Oversized`] without being inflated. For
+    /// [`Entry::Dir`] the visitor's `Ok(false)` skips the directory.
     pub fn walk_tree<E>(
         &self,
         commit: &CommitId,
@@ -628,24 +702,17 @@ impl Walker<'_> {
                     Ok(false) => Ok(()),
                     Err(e) => Err(e),
                 },
-                EntryKind::Blob | EntryKind::BlobExecutable => {
-                    let size = self.repo.find_header(oid)?.size();
-                    if size > self.max_blob_size {
-                        visit(Entry::Oversized {
-                            path: path.as_slice(),
-                            size,
-                        })
-                        .map(|_| ())
-                    } else {
-                        let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
-                        visit(Entry::File {
-                            path: path.as_slice(),
-                            executable: kind == EntryKind::BlobExecutable,
-                            data: blob.data,
-                        })
-                        .map(|_| ())
-                    }
-                }
+                EntryKind::Blob | EntryKind::BlobExecutable => visit(Entry::File {
+                    path: path.as_slice(),
+                    executable: kind == EntryKind::BlobExecutable,
+                    blob: Blob(BlobSource::Mirror {
+                        repo: self.repo,
+                        buf: &mut self.blob_buf,
+                        id: oid,
+                        max_size: self.max_blob_size,
+                    }),
+                })
+                .map(|_| ()),
                 EntryKind::Link => {
                     let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
                     visit(Entry::Symlink {

@@ -24,7 +24,7 @@
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
 //! | [`git`] | private bare mirror in the state dir; fetch, resolve the ref | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
-//! | [`materialize`] | writes a commit's tree (or a working tree) to a fresh staging dir, applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
+//! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
@@ -40,7 +40,9 @@
 //!
 //! ## Invariants
 //! - The destination only receives a staged tree that passed the checker;
-//!   any failure leaves the last good config live, byte for byte.
+//!   any failure leaves the last good config live, byte for byte. Deploy
+//!   hashes every byte it copies: a staged file changed after staging (by
+//!   the checker) fails the deploy instead of reaching the volume.
 //! - Only [`deploy`] writes to the destination, and only paths it manages
 //!   (recorded in the manifest); files others put there are never touched.
 //! - Only [`git`] uses gix (and the reqwest client gix builds); only
@@ -51,8 +53,9 @@
 //!   the repository URL (it may carry credentials).
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
-//!   substituted content exists only in the staging dir (0700, removed after
-//!   each sync and at start) and on the destination (with
+//!   substituted content exists only in the staging dir (0700; secret files
+//!   removed after each sync, the whole dir at start and at exit) and on
+//!   the destination (with
 //!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
 //!   name a reference, never its value, and substituted values are masked
 //!   in the checker's output.

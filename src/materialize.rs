@@ -1,6 +1,6 @@
 //! Materialize: write a tree (the tree of one commit, or a working tree for
-//! `gitreload validate`) into a fresh staging directory, applying the path
-//! rules and the secrets, and describe every file by its content hash.
+//! `gitreload validate`) into a staging directory, applying the path rules
+//! and the secrets, and describe every file by its content hash.
 //!
 //! Promises:
 //! - One [`Stager`] applies every rule, whatever the tree comes from: a
@@ -12,25 +12,35 @@
 //!   hold. `.age` files are decrypted and staged without the suffix; files
 //!   matching `GITRELOAD_EXPAND` have their references substituted
 //!   ([`crate::secrets`]). The checker therefore sees the real config.
+//! - The sidecar keeps its staging directory between syncs ([`Staging`]):
+//!   a file whose blob and mode are those already staged is not read,
+//!   inflated, hashed or written again, so a one-file change costs one file
+//!   whatever the size of the repository. What the tree no longer has is
+//!   removed. Secret files are never reused: they are resolved anew each
+//!   time (their inputs live outside git) and removed after each sync. After
+//!   a checker ran, every kept entry is compared with its stat stamp and
+//!   anything changed or added is put right before it is trusted.
 //! - A tree that breaks a rule is rejected as a whole, with the path at
-//!   fault named; there is no partial staging. A failed staging directory
-//!   is removed, so no plaintext stays behind.
+//!   fault named; there is no partial staging. After any failure the
+//!   staging directory is removed, so no plaintext stays behind and the
+//!   next sync starts afresh.
 //! - Limits (`max_files`, `max_file_size`) are enforced while reading, so a
 //!   hostile commit cannot exhaust memory or disk.
 //! - The returned [`Staged`] lists each file with its SHA-256 (of the final,
 //!   decrypted and substituted content), exec bit, secret flag or link
 //!   target: the deploy stage compares by these, never by mtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::git::{CommitId, Entry, GitError, Mirror};
+use crate::git::{Blob, BlobId, CommitId, Content, Entry, GitError, Mirror};
 use crate::secrets::{self, Findings, Redactions, Secrets};
+use crate::state::remove_tree;
 
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -52,6 +62,27 @@ pub enum FileKind {
     Symlink { target: String },
 }
 
+/// A file as seen by `lstat`: equal stamps mean the file was not replaced
+/// or written since (an unchanged file is recognised without reading it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        }
+    }
+}
+
 /// A commit written out to a staging directory.
 #[derive(Debug)]
 pub struct Staged {
@@ -64,6 +95,9 @@ pub struct Staged {
     pub files: BTreeMap<String, FileKind>,
     /// Substituted values, to mask in the checker's output.
     pub redactions: Redactions,
+    /// How many files and links were written to the staging directory
+    /// (the others were already there from an earlier sync).
+    pub written: usize,
 }
 
 /// A working tree written out to a staging directory (`gitreload validate`).
@@ -137,46 +171,233 @@ impl Rules {
     }
 }
 
-/// Writes `commit` (below `subdir`) into `staging_root/<commit>`, replacing
-/// whatever was there.
+/// The staging directory the sidecar keeps between syncs, and a record of
+/// what it holds, so that the next commit only writes what differs.
+///
+/// Dropping it removes the directory.
+#[derive(Debug)]
+pub struct Staging {
+    /// The tree itself (the checker's working directory).
+    dir: PathBuf,
+    /// Every file and link in `dir`, by deployed path.
+    held: BTreeMap<String, Held>,
+    /// Every directory in `dir`, relative.
+    dirs: BTreeSet<String>,
+    /// A checker ran in `dir` since it was written: compare before reuse.
+    touched: bool,
+}
+
+/// One staged file or link, as written.
+#[derive(Debug, Clone)]
+struct Held {
+    /// The blob it was written from; `None` for what is never reused
+    /// (secrets, links, working tree files).
+    blob: Option<BlobId>,
+    kind: FileKind,
+    stamp: Stamp,
+}
+
+impl Staging {
+    /// Staging at `root/tree`. Nothing is touched until the first
+    /// [`materialize`]; whatever is there then is replaced.
+    pub fn new(root: &Path) -> Staging {
+        Staging {
+            dir: root.join("tree"),
+            held: BTreeMap::new(),
+            dirs: BTreeSet::new(),
+            // Unknown content: compare (and clear) before the first reuse.
+            touched: true,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A checker ran in the directory: its content is verified before the
+    /// next materialize trusts it.
+    pub fn checked(&mut self) {
+        self.touched = true;
+    }
+
+    /// Removes the decrypted and substituted files, which must not outlive
+    /// the sync that needed them.
+    pub fn discard_secrets(&mut self) {
+        let secret: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| matches!(h.kind, FileKind::File { secret: true, .. }))
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in secret {
+            let full = self.dir.join(&path);
+            match std::fs::remove_file(&full) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %full.display(), error = %e, "cannot remove a staged secret; removing the staging directory");
+                    self.reset();
+                    return;
+                }
+                _ => {
+                    self.held.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// Removes the directory and forgets what it held: the next
+    /// materialize writes everything.
+    pub fn reset(&mut self) {
+        self.held.clear();
+        self.dirs.clear();
+        self.touched = true;
+        if let Err(e) = remove_tree(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), error = %e, "cannot remove the staging directory");
+        }
+    }
+
+    /// Makes the record true again after a checker ran: every entry on disk
+    /// that is not recorded, or whose stamp changed, is removed (and
+    /// rewritten by the walk that follows).
+    fn verify(&mut self) -> std::io::Result<()> {
+        let mut seen_files = BTreeSet::new();
+        let mut seen_dirs = BTreeSet::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                self.dir.clone()
+            } else {
+                self.dir.join(&rel)
+            };
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel.is_empty() => break,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    remove_tree(&entry.path())?;
+                    continue;
+                };
+                let path = if rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = entry.path().symlink_metadata()?;
+                if meta.is_dir() {
+                    if self.dirs.contains(&path) {
+                        seen_dirs.insert(path.clone());
+                        stack.push(path);
+                    } else {
+                        remove_tree(&entry.path())?;
+                    }
+                } else if self
+                    .held
+                    .get(&path)
+                    .is_some_and(|h| h.stamp == Stamp::of(&meta))
+                {
+                    seen_files.insert(path);
+                } else {
+                    remove_tree(&entry.path())?;
+                }
+            }
+        }
+        self.held.retain(|path, _| seen_files.contains(path));
+        self.dirs = seen_dirs;
+        self.touched = false;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.dir);
+    }
+}
+
+/// Makes `staging` hold `commit` (below `subdir`), writing only what
+/// differs from what it held. On any error the staging directory is
+/// removed.
 pub fn materialize(
     mirror: &Mirror,
     commit: &CommitId,
     subdir: &str,
-    staging_root: &Path,
+    staging: &mut Staging,
     rules: &Rules,
 ) -> Result<Staged, MaterializeError> {
-    let dir = staging_root.join(commit.as_str());
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    let result = stage_commit(mirror, commit, subdir, staging, rules);
+    if result.is_err() {
+        staging.reset();
+    }
+    result
+}
+
+fn stage_commit(
+    mirror: &Mirror,
+    commit: &CommitId,
+    subdir: &str,
+    staging: &mut Staging,
+    rules: &Rules,
+) -> Result<Staged, MaterializeError> {
+    let dir = staging.dir.clone();
+    if staging.touched {
+        staging.verify().map_err(io(&dir))?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .map_err(io(&dir))?;
-    let mut stager = Stager::new(&dir, rules);
-    let walked = mirror
+    let mut stager = Stager::new(&dir, rules, &staging.held);
+    mirror
         .walk_tree(commit, subdir, rules.limits.max_file_size, &mut |entry| {
             stager.visit(entry)
         })
         .map_err(MaterializeError::from)
-        .and_then(|visited| visited);
-    if let Err(e) = walked {
-        drop(stager);
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
+        .and_then(|visited| visited)?;
+    let Stager {
+        files,
+        held,
+        dirs,
+        findings,
+        notices,
+        written,
+        ..
+    } = stager;
+    // What the new tree no longer has. A path that changed between file
+    // and directory was already replaced by the walk.
+    for path in staging.held.keys() {
+        if !held.contains_key(path) && !dirs.contains(path) {
+            let full = dir.join(path);
+            remove_tree(&full).map_err(io(&full))?;
+        }
     }
-    let (files, findings, notices) = stager.finish();
+    for path in staging.dirs.iter().rev() {
+        if !dirs.contains(path) && !held.contains_key(path) {
+            let full = dir.join(path);
+            remove_tree(&full).map_err(io(&full))?;
+        }
+    }
+    staging.held = held;
+    staging.dirs = dirs;
     for notice in notices {
         tracing::warn!(commit = %commit.short(), "{notice}");
     }
+    tracing::debug!(
+        commit = %commit.short(),
+        files = files.len() as u64,
+        written = written as u64,
+        "commit staged"
+    );
     Ok(Staged {
         commit: commit.clone(),
         subdir: subdir.to_string(),
         dir,
         files,
         redactions: findings.redactions,
+        written,
     })
 }
 
@@ -194,7 +415,8 @@ pub fn materialize_dir(
         .mode(0o700)
         .create(staging)
         .map_err(io(staging))?;
-    let mut stager = Stager::new(staging, rules);
+    let nothing_held = BTreeMap::new();
+    let mut stager = Stager::new(staging, rules, &nothing_held);
     let mut rel = Vec::new();
     let walked = walk_dir(source, &mut rel, rules.limits.max_file_size, &mut |entry| {
         stager.visit(entry)
@@ -204,7 +426,12 @@ pub fn materialize_dir(
         let _ = std::fs::remove_dir_all(staging);
         return Err(e);
     }
-    let (files, findings, mut warnings) = stager.finish();
+    let Stager {
+        files,
+        findings,
+        notices: mut warnings,
+        ..
+    } = stager;
     warnings.extend(findings.placeholders);
     for (pattern, used) in rules.secrets.expand.iter().zip(&findings.patterns_used) {
         if !used {
@@ -235,34 +462,40 @@ fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
 }
 
 /// Applies the path rules, limits and secrets to the entries of one tree,
-/// writing what may be deployed into the staging directory.
-pub struct Stager<'a> {
+/// writing what may be deployed into the staging directory (unless the
+/// directory already holds it).
+struct Stager<'a> {
     dir: &'a Path,
     rules: &'a Rules,
+    /// What the directory held before this walk.
+    previous: &'a BTreeMap<String, Held>,
     files: BTreeMap<String, FileKind>,
+    /// What the directory holds after this walk.
+    held: BTreeMap<String, Held>,
+    dirs: BTreeSet<String>,
+    written: usize,
     findings: Findings,
     /// Skipped submodules, to report.
     notices: Vec<String>,
 }
 
 impl<'a> Stager<'a> {
-    pub fn new(dir: &'a Path, rules: &'a Rules) -> Stager<'a> {
+    fn new(dir: &'a Path, rules: &'a Rules, previous: &'a BTreeMap<String, Held>) -> Stager<'a> {
         Stager {
             dir,
             rules,
+            previous,
             files: BTreeMap::new(),
+            held: BTreeMap::new(),
+            dirs: BTreeSet::new(),
+            written: 0,
             findings: Findings::default(),
             notices: Vec::new(),
         }
     }
 
-    /// What was staged, what was learned about secrets, and notices.
-    pub fn finish(self) -> (BTreeMap<String, FileKind>, Findings, Vec<String>) {
-        (self.files, self.findings, self.notices)
-    }
-
     /// Handles one entry. For a directory, `Ok(true)` means descend.
-    pub fn visit(&mut self, entry: Entry<'_>) -> Result<bool, MaterializeError> {
+    fn visit(&mut self, entry: Entry<'_>) -> Result<bool, MaterializeError> {
         let named =
             |path: &[u8]| checked_path(path).map_err(|r| reject(&String::from_utf8_lossy(path), r));
         match entry {
@@ -273,10 +506,8 @@ impl<'a> Stager<'a> {
                 }
                 self.ensure_free(&path, &path)?;
                 let target = self.dir.join(&path);
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&target)
-                    .map_err(io(&target))?;
+                make_dir(&target).map_err(io(&target))?;
+                self.dirs.insert(path);
                 Ok(true)
             }
             Entry::Submodule { path } => {
@@ -286,54 +517,16 @@ impl<'a> Stager<'a> {
                 }
                 Ok(false)
             }
-            Entry::Oversized { path, size } => {
-                let path = named(path)?;
-                if is_hidden(&path) {
-                    return Ok(false);
-                }
-                Err(reject(
-                    &path,
-                    format!(
-                        "file is {size} bytes, over the limit of {} (GITRELOAD_MAX_FILE_SIZE)",
-                        self.rules.limits.max_file_size
-                    ),
-                ))
-            }
             Entry::File {
                 path,
                 executable,
-                data,
+                blob,
             } => {
                 let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
-                self.count(&path)?;
-                let (deployed, _) = secrets::deployed_name(&path);
-                let deployed = deployed.to_string();
-                self.ensure_free(&path, &deployed)?;
-                let resolved = self
-                    .rules
-                    .secrets
-                    .resolve(&path, data, &mut self.findings)
-                    .map_err(|r| reject(&path, r))?;
-                let target = self.dir.join(&deployed);
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(if executable { 0o700 } else { 0o600 })
-                    .open(&target)
-                    .map_err(io(&target))?;
-                file.write_all(&resolved.data).map_err(io(&target))?;
-                let sha256 = hex::encode(Sha256::digest(&resolved.data));
-                self.files.insert(
-                    deployed,
-                    FileKind::File {
-                        sha256,
-                        executable,
-                        secret: resolved.secret,
-                    },
-                );
+                self.stage_file(path, executable, blob)?;
                 Ok(false)
             }
             Entry::Symlink { path, target } => {
@@ -347,26 +540,97 @@ impl<'a> Stager<'a> {
                 check_link(&path, target).map_err(|r| reject(&path, r))?;
                 self.ensure_free(&path, &path)?;
                 let link = self.dir.join(&path);
-                std::os::unix::fs::symlink(target, &link).map_err(io(&link))?;
-                self.files.insert(
-                    path,
-                    FileKind::Symlink {
-                        target: target.to_string(),
-                    },
-                );
+                let stamp = replacing(&link, || {
+                    std::os::unix::fs::symlink(target, &link)?;
+                    link.symlink_metadata()
+                })
+                .map_err(io(&link))?;
+                let kind = FileKind::Symlink {
+                    target: target.to_string(),
+                };
+                self.keep(path, kind, None, Stamp::of(&stamp));
+                self.written += 1;
                 Ok(false)
             }
         }
+    }
+
+    fn stage_file(
+        &mut self,
+        path: String,
+        executable: bool,
+        mut blob: Blob<'_>,
+    ) -> Result<(), MaterializeError> {
+        self.count(&path)?;
+        let (deployed, encrypted) = secrets::deployed_name(&path);
+        let deployed = deployed.to_string();
+        self.ensure_free(&path, &deployed)?;
+        // A file holding secrets depends on more than its blob: resolve it
+        // every time.
+        let plain = !encrypted && !self.rules.secrets.expands(&deployed);
+        let id = blob.id().filter(|_| plain);
+        if let Some(held) = id.and_then(|id| {
+            self.previous.get(&deployed).filter(|h| {
+                h.blob == Some(id)
+                    && matches!(h.kind, FileKind::File { executable: e, .. } if e == executable)
+            })
+        }) {
+            self.files.insert(deployed.clone(), held.kind.clone());
+            self.held.insert(deployed, held.clone());
+            return Ok(());
+        }
+        let data = match blob.read()? {
+            Content::Data(data) => data,
+            Content::Oversized(size) => {
+                return Err(reject(
+                    &path,
+                    format!(
+                        "file is {size} bytes, over the limit of {} (GITRELOAD_MAX_FILE_SIZE)",
+                        self.rules.limits.max_file_size
+                    ),
+                ))
+            }
+        };
+        let resolved = self
+            .rules
+            .secrets
+            .resolve(&path, data, &mut self.findings)
+            .map_err(|r| reject(&path, r))?;
+        let target = self.dir.join(&deployed);
+        let stamp = replacing(&target, || {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(if executable { 0o700 } else { 0o600 })
+                .open(&target)?;
+            file.write_all(&resolved.data)?;
+            file.metadata()
+        })
+        .map_err(io(&target))?;
+        let kind = FileKind::File {
+            sha256: hex::encode(Sha256::digest(&resolved.data)),
+            executable,
+            secret: resolved.secret,
+        };
+        let blob = id.filter(|_| !resolved.secret);
+        self.keep(deployed, kind, blob, Stamp::of(&stamp));
+        self.written += 1;
+        Ok(())
+    }
+
+    fn keep(&mut self, path: String, kind: FileKind, blob: Option<BlobId>, stamp: Stamp) {
+        self.files.insert(path.clone(), kind.clone());
+        self.held.insert(path, Held { blob, kind, stamp });
     }
 
     fn count(&self, path: &str) -> Result<(), MaterializeError> {
         count(&self.files, self.rules.limits, path).map_err(|r| reject(path, r))
     }
 
-    /// Rejects `path` when its deployed name is already taken: `x.yml` and
-    /// `x.yml.age` (or a directory `x` and `x.age`) in one tree.
+    /// Rejects `path` when its deployed name is already taken in this tree:
+    /// `x.yml` and `x.yml.age` (or a directory `x` and `x.age`).
     fn ensure_free(&self, path: &str, deployed: &str) -> Result<(), MaterializeError> {
-        if self.dir.join(deployed).symlink_metadata().is_err() {
+        if !self.files.contains_key(deployed) && !self.dirs.contains(deployed) {
             return Ok(());
         }
         let plain = deployed;
@@ -378,6 +642,34 @@ impl<'a> Stager<'a> {
                 secrets::AGE_SUFFIX
             ),
         ))
+    }
+}
+
+/// Creates `path` with `create`; when something from an earlier tree is in
+/// the way, removes it and creates again.
+fn replacing<T>(path: &Path, mut create: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_tree(path)?;
+            create()
+        }
+        other => other,
+    }
+}
+
+/// A staging directory at `path` (0700), replacing a file or link from an
+/// earlier tree; an existing directory is kept.
+fn make_dir(path: &Path) -> std::io::Result<()> {
+    let create = || std::fs::DirBuilder::new().mode(0o700).create(path);
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if path.symlink_metadata()?.is_dir() {
+                return Ok(());
+            }
+            std::fs::remove_file(path)?;
+            create()
+        }
+        other => other,
     }
 }
 
@@ -425,24 +717,22 @@ fn walk_dir(
                 Ok(())
             }
         } else if kind.is_file() {
-            if meta.len() > max_file_size {
-                visit(Entry::Oversized {
-                    path: rel,
-                    size: meta.len(),
-                })
-                .map(|_| ())
+            let executable = meta.permissions().mode() & 0o100 != 0;
+            let mut data = Vec::new();
+            let content = if meta.len() > max_file_size {
+                Err(meta.len())
             } else {
-                let mut data = Vec::new();
                 std::fs::File::open(&full)
                     .and_then(|f| f.take(max_file_size + 1).read_to_end(&mut data))
                     .map_err(read(&full))?;
-                visit(Entry::File {
-                    path: rel,
-                    executable: meta.permissions().mode() & 0o100 != 0,
-                    data: &data,
-                })
-                .map(|_| ())
-            }
+                Ok(data.as_slice())
+            };
+            visit(Entry::File {
+                path: rel,
+                executable,
+                blob: Blob::from_disk(content),
+            })
+            .map(|_| ())
         } else {
             let path = String::from_utf8_lossy(rel).into_owned();
             if is_hidden(&path) {

@@ -228,6 +228,12 @@ impl Secrets {
         }
     }
 
+    /// True when the file deployed at `deployed` has its references
+    /// substituted: its content depends on more than its blob.
+    pub fn expands(&self, deployed: &str) -> bool {
+        self.expand_pattern(deployed).is_some()
+    }
+
     /// Index of the first `expand` pattern that matches the deployed path.
     fn expand_pattern(&self, deployed: &str) -> Option<usize> {
         let options = glob::MatchOptions {

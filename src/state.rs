@@ -67,6 +67,27 @@ pub fn remove(path: &Path) -> Result<(), StateError> {
     }
 }
 
+/// Removes a file, link or directory tree; one that is not there is fine.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let result = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        // NotADirectory: a parent became a file, so the path cannot exist.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// fsync of a directory, so that renames inside it survive a power loss.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

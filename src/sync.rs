@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 use crate::check::{CheckError, Checker};
 use crate::deploy::{self, Manifest, Records, Verify};
 use crate::git::{CommitId, Fetched, GitError, Mirror};
-use crate::materialize::{self, MaterializeError, Rules, Staged};
+use crate::materialize::{self, MaterializeError, Rules, Staged, Staging};
 use crate::metrics::{Metrics, Stage, SyncResult};
 use crate::reload::{Refusal, Reloader};
 use crate::secrets::Mode;
@@ -126,9 +126,12 @@ pub struct Pipeline {
     /// Path rules, limits and secrets for materializing a commit.
     rules: Arc<Rules>,
     records: Records,
+    /// The staging directory kept between syncs; `None` only while a
+    /// blocking task holds it.
+    staging: Option<Staging>,
     staging_root: PathBuf,
     /// What is live on the destination.
-    deployed: Option<Manifest>,
+    deployed: Option<Arc<Manifest>>,
     /// Paths an interrupted deploy may have written.
     extra_managed: BTreeSet<String>,
     /// Rehash the destination at the next sync (after a crash, or without
@@ -190,7 +193,7 @@ impl Pipeline {
             })?;
         }
         let records = Records::in_dir(&settings.state_dir);
-        let deployed = records.load_manifest();
+        let deployed = records.load_manifest().map(Arc::new);
         let mut full_verify = deployed.is_none();
         let mut extra_managed = BTreeSet::new();
         if let Some(journal) = records.load_journal() {
@@ -214,6 +217,7 @@ impl Pipeline {
         let rules = Arc::new(Rules::from_settings(&settings.staging, Mode::Deploy));
         let checker = Checker::from_settings(&settings.staging);
         Ok(Pipeline {
+            staging: Some(Staging::new(&staging_root)),
             staging_root,
             mirror: Arc::new(mirror),
             checker,
@@ -445,6 +449,7 @@ impl Pipeline {
             Ok(report) => {
                 // The refused commit must not become the rollback target.
                 if let Some(m) = &mut self.deployed {
+                    let m = Arc::make_mut(m);
                     m.previous_commit = None;
                     if let Err(e) = crate::state::write(&self.records.manifest, m) {
                         tracing::warn!(error = %e, "cannot record the rollback");
@@ -560,31 +565,60 @@ impl Pipeline {
                 return Err(Outcome::DeployFailed);
             }
         };
-        let dir = staged.dir.clone();
         let result = self
             .check_and_deploy(commit, resolved_ref, staged, check)
             .await;
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let mut staging = self.staging.take();
+        // A failed deploy may have met a staged file that changed: the next
+        // sync stages afresh. Plaintext never outlives the sync.
+        let failed = matches!(result, Err(Outcome::DeployFailed));
+        let staging = tokio::task::spawn_blocking(move || {
+            if let Some(s) = &mut staging {
+                if failed {
+                    s.reset();
+                } else {
+                    s.discard_secrets();
+                }
+            }
+            staging
+        })
+        .await
+        .ok()
+        .flatten();
+        self.staging = Some(staging.unwrap_or_else(|| Staging::new(&self.staging_root)));
         result
     }
 
-    async fn materialize(&self, commit: &CommitId) -> Result<Staged, MaterializeError> {
+    async fn materialize(&mut self, commit: &CommitId) -> Result<Staged, MaterializeError> {
         let began = Instant::now();
         let mirror = self.mirror.clone();
         let commit = commit.clone();
         let subdir = self.settings.staging.subdir.clone();
-        let root = self.staging_root.clone();
         let rules = self.rules.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            materialize::materialize(&mirror, &commit, &subdir, &root, &rules)
+        let mut staging = self
+            .staging
+            .take()
+            .unwrap_or_else(|| Staging::new(&self.staging_root));
+        let job = tokio::task::spawn_blocking(move || {
+            let result = materialize::materialize(&mirror, &commit, &subdir, &mut staging, &rules);
+            (staging, result)
         })
-        .await
-        .unwrap_or_else(|join| {
-            Err(MaterializeError::Io {
-                path: self.staging_root.clone(),
-                source: std::io::Error::other(join.to_string()),
-            })
-        });
+        .await;
+        let result = match job {
+            Ok((staging, result)) => {
+                self.staging = Some(staging);
+                result
+            }
+            Err(join) => {
+                let mut fresh = Staging::new(&self.staging_root);
+                fresh.reset();
+                self.staging = Some(fresh);
+                Err(MaterializeError::Io {
+                    path: self.staging_root.clone(),
+                    source: std::io::Error::other(join.to_string()),
+                })
+            }
+        };
         self.metrics.stage(Stage::materialize, began.elapsed());
         result
     }
@@ -604,6 +638,9 @@ impl Pipeline {
         if let (true, Some(checker)) = (check, &self.checker) {
             let began = Instant::now();
             let verdict = checker.run(&staged.dir).await;
+            if let Some(staging) = &mut self.staging {
+                staging.checked();
+            }
             self.metrics.stage(Stage::check, began.elapsed());
             match verdict {
                 Ok(output) => {
@@ -663,7 +700,7 @@ impl Pipeline {
                     options,
                 },
                 deploy::Known {
-                    manifest: previous.as_ref(),
+                    manifest: previous.as_deref(),
                     extra_managed: &extra,
                     verify,
                 },
@@ -682,7 +719,7 @@ impl Pipeline {
                 return Err(Outcome::DeployFailed);
             }
         };
-        self.deployed = Some(manifest);
+        self.deployed = Some(Arc::new(manifest));
         self.extra_managed.clear();
         self.full_verify = false;
         self.rejected = None;

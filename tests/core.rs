@@ -691,3 +691,176 @@ fn second_gitreload_on_the_same_state_dir_refuses_to_start() {
         .status
         .success());
 }
+
+/// Every entry below `root`: files with their content, directories as
+/// `dir/`, links as `-> target` (empty directories count).
+fn entries(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = support::sidecar::tree(root);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                out.insert(format!("{rel}/"), String::new());
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// A running sidecar fed by `s`'s upstream over file://, syncing on POST.
+fn on_demand(s: &Sidecar, check: Option<&str>) -> (RunningGitreload, String) {
+    let listen = free_addr("127.0.0.1");
+    let mut g = s
+        .gitreload_file()
+        .env("GITRELOAD_INTERVAL", "1h")
+        .env("GITRELOAD_LISTEN", &listen)
+        .env("GITRELOAD_LOG_LEVEL", "debug");
+    if let Some(check) = check {
+        g = g.env("GITRELOAD_CHECK", check);
+    }
+    let mut run = g.spawn();
+    run.wait_for_event(T, "config deployed");
+    (run, format!("http://{listen}/sync"))
+}
+
+fn sync_now(run: &mut RunningGitreload, url: &str, event: &str) -> serde_json::Value {
+    let cursor = run.cursor();
+    let (status, body) = http_post(url, &[], "");
+    assert_eq!(status, 202, "{body}");
+    run.wait_for_event_after(cursor, T, event)
+}
+
+#[test]
+fn kept_staging_writes_only_what_changed_and_holds_exactly_the_new_tree() {
+    let s = Sidecar::new();
+    for i in 0..40 {
+        s.upstream
+            .write(&format!("rules/r{i:02}.yml"), format!("# {i}\n"));
+    }
+    s.upstream.write("prometheus.yml", prometheus_yml("one"));
+    s.upstream.write("was_file", "a file\n");
+    s.upstream.write("was_dir/inside.yml", "inside\n");
+    s.upstream.write("gone/deep/x.yml", "x\n");
+    s.upstream.commit_and_push("first");
+    let (mut run, sync) = on_demand(&s, None);
+    let first = run.events("commit staged");
+    assert_eq!(first[0]["written"], 44, "{first:?}");
+
+    // One file changed, one directory removed, a file turned into a
+    // directory and a directory into a file.
+    s.upstream.write("rules/r07.yml", "# seven\n");
+    s.upstream.remove("gone");
+    s.upstream.remove("was_file");
+    s.upstream.write("was_file/now.yml", "now a directory\n");
+    s.upstream.remove("was_dir");
+    s.upstream.write("was_dir", "now a file\n");
+    s.upstream.commit_and_push("second");
+    let cursor = run.cursor();
+    sync_now(&mut run, &sync, "config deployed");
+    let staged = run.wait_for_event_after(cursor, T, "commit staged");
+    assert_eq!(staged["files"], 43, "{staged}");
+    assert_eq!(staged["written"], 3, "{staged}");
+
+    let dest = entries(&s.dest());
+    assert_eq!(dest["rules/r07.yml"], "# seven\n");
+    assert_eq!(dest["was_file/now.yml"], "now a directory\n");
+    assert_eq!(dest["was_dir"], "now a file\n");
+    assert!(!dest.contains_key("gone/"), "{dest:?}");
+    assert_eq!(
+        entries(&s.state().join("staging/tree")),
+        dest,
+        "the staging directory differs from the deployed tree"
+    );
+    assert!(run.terminate().success());
+    assert!(
+        !s.state().join("staging/tree").exists(),
+        "staging left behind after exit"
+    );
+}
+
+#[test]
+fn what_a_checker_leaves_in_staging_is_cleared_before_the_next_check() {
+    let s = seeded();
+    let first = s.gitreload_file().arg("--once").run_once(T);
+    assert!(first.status.success(), "{}", first.stdout);
+    // Fails if it meets its own traces from the check before.
+    let checker = "if [ -e stray.yml ] || grep -q tampered rules/alerts.yml; then \
+                   echo 'traces of an earlier check'; exit 1; fi; \
+                   touch stray.yml; echo '# tampered' >> rules/alerts.yml";
+    s.upstream.write("prometheus.yml", prometheus_yml("two"));
+    s.upstream.commit_and_push("second");
+    let (mut run, sync) = on_demand(&s, Some(checker));
+    s.upstream.write("prometheus.yml", prometheus_yml("three"));
+    s.upstream.commit_and_push("third");
+    let deployed = sync_now(&mut run, &sync, "config deployed");
+    assert_eq!(deployed["files_written"], 1, "{deployed}");
+    assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("three"));
+    assert_eq!(s.dest_file("rules/alerts.yml"), "groups: []\n");
+    assert!(!s.dest().join("stray.yml").exists());
+    assert!(
+        run.events("commit rejected").is_empty(),
+        "{:?}",
+        run.lines()
+    );
+    assert!(run.terminate().success());
+}
+
+#[test]
+fn checker_that_edits_a_staged_file_cannot_change_what_is_deployed() {
+    let s = seeded();
+    let first = s.gitreload_file().arg("--once").run_once(T);
+    assert!(first.status.success(), "{}", first.stdout);
+    s.upstream.write("prometheus.yml", prometheus_yml("two"));
+    s.upstream.commit_and_push("second");
+    let out = s
+        .gitreload_file()
+        .env("GITRELOAD_CHECK", "echo '# tampered' >> prometheus.yml")
+        .arg("--once")
+        .run_once(T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("changed after it was staged"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
+}
+
+#[test]
+fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_files() {
+    let s = Sidecar::new();
+    s.upstream.write("prometheus.yml", prometheus_yml("one"));
+    s.upstream.write("conf/a.yml", "a\n");
+    s.upstream.write("local/b.yml", "b\n");
+    s.upstream.commit_and_push("directories");
+    let out = s.gitreload_file().arg("--once").run_once(T);
+    assert!(out.status.success(), "{}", out.stdout);
+    std::fs::write(s.dest().join("local/mine.yml"), "not gitreload's\n").unwrap();
+
+    // `conf` holds only gitreload's files: it gives way.
+    s.upstream.remove("conf");
+    s.upstream.write("conf", "now a file\n");
+    s.upstream.commit_and_push("conf is a file");
+    let out = s.gitreload_file().arg("--once").run_once(T);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert_eq!(s.dest_file("conf"), "now a file\n");
+
+    // `local` holds a file someone else put there: it stays, and so does
+    // the last good config.
+    s.upstream.remove("local");
+    s.upstream.write("local", "now a file\n");
+    s.upstream.commit_and_push("local is a file");
+    let out = s.gitreload_file().arg("--once").run_once(T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("remove it by hand"), "{}", out.stdout);
+    assert_eq!(s.dest_file("local/b.yml"), "b\n");
+    assert_eq!(s.dest_file("local/mine.yml"), "not gitreload's\n");
+    assert_eq!(s.dest_file("conf"), "now a file\n");
+}

@@ -288,6 +288,14 @@ fn encrypted_alertmanager_config_is_served_by_both_replicas_and_its_plaintext_le
     let (status, metrics) = http_get(&format!("http://{listen}/metrics"));
     assert_eq!(status, 200);
     assert!(metrics.contains("gitreload_"), "{metrics}");
+    // The staging directory is kept between syncs, but not its plaintext.
+    for secret in [SLACK_TOKEN, SMTP_PASSWORD] {
+        let in_state = files_containing(&s.state(), secret);
+        assert!(
+            in_state.is_empty(),
+            "{secret} in the state dir while running: {in_state:?}"
+        );
+    }
     assert!(run.terminate().success());
 
     // The scan does find plaintext where it belongs.
