@@ -173,6 +173,7 @@ impl Pipeline {
             &settings.state_dir,
             settings.repo.clone(),
             settings.credentials.clone(),
+            settings.fetch_timeout,
         );
         let stale = mirror.remove_stale_locks();
         if stale > 0 {
