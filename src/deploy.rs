@@ -278,19 +278,13 @@ pub fn deploy(
                     .collect(),
             },
         )?;
-        let mut undo = Vec::new();
-        let mut dirs = BTreeSet::new();
-        let mut moved_aside = Vec::new();
-        let applied = apply(
-            staged,
-            dest,
-            &to_write,
-            &to_delete,
-            options,
-            &mut undo,
-            &mut dirs,
-            &mut moved_aside,
-        );
+        let mut done = Applied::default();
+        let applied = apply(staged, dest, &to_write, &to_delete, options, &mut done);
+        let Applied {
+            undo,
+            mut dirs,
+            moved_aside,
+        } = done;
         if let Err(err) = applied {
             let rolled_back = rollback(undo, dest);
             if rolled_back {
@@ -442,10 +436,13 @@ fn compare_all(
             .map(|(path, kind, known)| matches(&dest.join(path), kind, *known, verify, options))
             .collect::<Vec<_>>()
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
-        .min(wanted.len().div_ceil(PER_THREAD));
+    if wanted.len() <= PER_THREAD {
+        return compare(wanted);
+    }
+    // Asked once: on Linux the answer is read from cgroup files.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cores.min(4).min(wanted.len().div_ceil(PER_THREAD));
     if threads <= 1 {
         return compare(wanted);
     }
@@ -478,16 +475,29 @@ fn temp_name(final_path: &Path, role: &str) -> PathBuf {
     final_path.with_file_name(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
 }
 
+/// What [`apply`] did, to finish or undo it.
+#[derive(Default)]
+struct Applied {
+    undo: Vec<Undo>,
+    /// Directories whose entries changed (to fsync).
+    dirs: BTreeSet<PathBuf>,
+    /// Paths removed with a directory that was moved aside.
+    moved_aside: Vec<String>,
+}
+
 fn apply(
     staged: &Staged,
     dest: &Path,
     to_write: &[&str],
     to_delete: &[&str],
     options: Options,
-    undo: &mut Vec<Undo>,
-    dirs: &mut BTreeSet<PathBuf>,
-    moved_aside: &mut Vec<String>,
+    done: &mut Applied,
 ) -> Result<(), DeployError> {
+    let Applied {
+        undo,
+        dirs,
+        moved_aside,
+    } = done;
     for path in to_write {
         let full = dest.join(path);
         let parent = full.parent().unwrap_or(dest).to_path_buf();
