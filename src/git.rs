@@ -33,7 +33,10 @@ use gix::protocol::transport::client::git::{blocking_io as git_daemon, ConnectMo
 use gix::remote::Direction;
 
 use crate::credentials::{Credentials, CredentialsError, Session};
+
+mod http;
 use crate::redact::{self, RepoUrl};
+use gix::protocol::transport::client::blocking_io::http::Transport as HttpTransport;
 
 /// How long connecting to a git daemon may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -224,8 +227,12 @@ pub struct Mirror {
     url: RepoUrl,
     /// How to authenticate to `url` and verify it.
     credentials: Credentials,
-    /// Longest a git:// read or write may block.
+    /// Longest a git:// read or write, or an HTTP request, may take.
     io_timeout: std::time::Duration,
+    /// The HTTP client kept between fetches, with the CA certificates it
+    /// was built with.
+    #[allow(clippy::type_complexity)]
+    http_client: std::sync::Mutex<Option<(Option<Vec<u8>>, reqwest::blocking::Client)>>,
 }
 
 impl Mirror {
@@ -243,6 +250,7 @@ impl Mirror {
             url,
             credentials,
             io_timeout,
+            http_client: std::sync::Mutex::new(None),
         }
     }
 
@@ -352,8 +360,10 @@ impl Mirror {
         interrupt: &AtomicBool,
     ) -> Result<Fetched, GitError> {
         let result = self.fetch_refs(repo, session, interrupt);
-        if result.is_ok() {
-            self.credentials.succeeded(session);
+        match &result {
+            Ok(_) => self.credentials.succeeded(session),
+            // A fresh client (and connections) for the next attempt.
+            Err(_) => *self.http_client.lock().unwrap_or_else(|e| e.into_inner()) = None,
         }
         let refs = result?;
         self.resolve(repo, &refs, wanted)
@@ -372,16 +382,20 @@ impl Mirror {
             .and_then(|r| r.with_refspecs(REFSPECS.iter().copied(), Direction::Fetch))
             .map_err(|e| self.fetch_error(session, &e))?;
         let login = session.login.clone();
-        let daemon = self
-            .git_daemon_transport(&remote)
-            .map_err(|e| self.fetch_error(session, e.as_ref()))?;
-        let connection = match daemon {
+        let own = if self.url.is_http() {
+            let client = self.http_client(session)?;
+            self.http_transport(&remote, client).map(Some)
+        } else {
+            self.git_daemon_transport(&remote)
+        };
+        let own = own.map_err(|e| self.fetch_error(session, e.as_ref()))?;
+        let connection = match own {
             Some(transport) => remote.to_connection_with_transport(transport),
             None => remote
                 .connect(Direction::Fetch)
                 .map_err(|e| self.fetch_error(session, &e))?,
         };
-        let mut connection = connection
+        let connection = connection
             // Asked only when the server answers 401; never runs a helper
             // program or a prompt. `None` makes gix report that no
             // credentials exist, which `explain` turns into advice.
@@ -401,10 +415,6 @@ impl Mirror {
                     _ => None,
                 })
             });
-        if let Some((path, pem)) = &session.ca {
-            let options = self.http_options_with_ca(repo, path, pem)?;
-            connection = connection.with_transport_options(options);
-        }
         let options = gix::remote::ref_map::Options {
             // HEAD is not covered by the refspecs but tells the default branch.
             extra_refspecs: vec![gix::refspec::parse(
@@ -461,47 +471,64 @@ impl Mirror {
         ))))
     }
 
-    /// The http transport options gix derives from the configuration, plus
-    /// the certificates of `GITRELOAD_CA_FILE` added to the system's roots.
-    /// (reqwest ignores `http.sslCAInfo`; `SSL_CERT_FILE` would replace the
-    /// system roots for the whole process instead of adding to them.)
-    fn http_options_with_ca(
+    /// A smart HTTP(S) transport on `client` (see [`http`]).
+    fn http_transport(
         &self,
-        repo: &gix::Repository,
-        path: &Path,
-        pem: &[u8],
-    ) -> Result<Box<dyn std::any::Any>, GitError> {
-        use gix::protocol::transport::client::blocking_io::http;
-        let access = |problem: String| GitError::Access {
-            url: self.url.redacted(),
-            source: CredentialsError::Unusable {
-                var: "GITRELOAD_CA_FILE",
-                path: path.to_path_buf(),
-                problem,
-            },
-        };
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| access(format!("has no usable PEM certificate ({e})")))?;
-        if certs.is_empty() {
-            return Err(access("has no PEM certificate".into()));
+        remote: &gix::Remote<'_>,
+        client: reqwest::blocking::Client,
+    ) -> Result<Box<dyn Transport + Send>, BoxError> {
+        let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
+        Ok(Box::new(HttpTransport::new_http(
+            http::Exchanges::new(client),
+            url,
+            version,
+            false,
+        )))
+    }
+
+    /// The mirror's kept HTTP client, built on first use and again when the
+    /// `GITRELOAD_CA_FILE` certificates changed or a fetch failed.
+    fn http_client(&self, session: &Session) -> Result<reqwest::blocking::Client, GitError> {
+        let ca = session.ca.as_ref().map(|(_, pem)| pem.clone());
+        let mut kept = self.http_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((key, client)) = kept.as_ref() {
+            if *key == ca {
+                return Ok(client.clone());
+            }
         }
-        let mut options = repo
-            .transport_options(self.url.expose(), None)
-            .map_err(|e| GitError::Fetch {
+        let client = self.build_http_client(session)?;
+        *kept = Some((ca, client.clone()));
+        Ok(client)
+    }
+
+    /// The HTTP client: the system's roots plus the certificates of
+    /// `GITRELOAD_CA_FILE` (added to the roots, not replacing them), bounded
+    /// by the fetch timeout, redirects left to [`http`].
+    fn build_http_client(&self, session: &Session) -> Result<reqwest::blocking::Client, GitError> {
+        let mut builder = reqwest::blocking::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(self.io_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some((path, pem)) = &session.ca {
+            let access = |problem: String| GitError::Access {
                 url: self.url.redacted(),
-                message: redact::scrub(&self.url.scrub(&describe(&e))),
-            })?
-            .and_then(|o| o.downcast::<http::Options>().ok())
-            .map(|o| *o)
-            .unwrap_or_default();
-        let backend = http::reqwest::Options {
-            configure_client: Some(Box::new(move |builder| {
-                Ok(builder.tls_certs_merge(certs.clone()))
-            })),
-            configure_request: None,
-        };
-        options.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
-        Ok(Box::new(options))
+                source: CredentialsError::Unusable {
+                    var: "GITRELOAD_CA_FILE",
+                    path: path.to_path_buf(),
+                    problem,
+                },
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| access(format!("has no usable PEM certificate ({e})")))?;
+            if certs.is_empty() {
+                return Err(access("has no PEM certificate".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        builder.build().map_err(|e| GitError::Fetch {
+            url: self.url.redacted(),
+            message: format!("cannot set up the HTTP client: {}", describe(&e)),
+        })
     }
 
     fn resolve(

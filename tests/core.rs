@@ -864,3 +864,57 @@ fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_fil
     assert_eq!(s.dest_file("local/mine.yml"), "not gitreload's\n");
     assert_eq!(s.dest_file("conf"), "now a file\n");
 }
+
+#[test]
+fn polls_over_smart_http_keep_one_connection_alive() {
+    let s = seeded();
+    let http = SmartHttp::start(&s.upstream);
+    let mut run = s
+        .gitreload(&http.url())
+        .env("GITRELOAD_INTERVAL", "200ms")
+        .env("GITRELOAD_LOG_LEVEL", "debug")
+        .spawn();
+    run.wait_for_event_count(T, "no change", 6);
+    let polls: Vec<String> = http
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains(" GET /upstream.git/info/refs "))
+        .collect();
+    assert!(polls.len() >= 6, "{polls:?}");
+    let connections: std::collections::BTreeSet<&str> =
+        polls.iter().filter_map(|r| r.split(' ').next()).collect();
+    assert!(
+        connections.len() <= 2,
+        "{} polls over {} connections: {polls:?}",
+        polls.len(),
+        connections.len()
+    );
+    assert!(run.terminate().success());
+}
+
+#[test]
+fn repo_that_moved_is_followed_through_its_redirect() {
+    let s = seeded();
+    let http = SmartHttp::start(&s.upstream);
+    let out = s.gitreload(&http.moved_url()).arg("--once").run_once(T);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
+    let requests = http.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(" GET /moved/upstream.git/info/refs 301")),
+        "{requests:?}"
+    );
+    // The rest of the fetch goes straight to where the repository is.
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(" POST /upstream.git/git-upload-pack 200")),
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("POST /moved/")),
+        "{requests:?}"
+    );
+}

@@ -437,7 +437,9 @@ pid {d}/nginx.pid;
 error_log {d}/logs/error.log info;
 events {{ worker_connections 256; }}
 http {{
-  access_log {d}/logs/access.log;
+  # The connection number first: tests count connections per fetch.
+  log_format conn '$connection $request_method $uri $status';
+  access_log {d}/logs/access.log conn;
   client_body_temp_path {d}/tmp/body;
   fastcgi_temp_path {d}/tmp/fastcgi;
   proxy_temp_path {d}/tmp/proxy;
@@ -446,6 +448,10 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     {tls_lines}
+    # The repository as if it had moved: /moved/X answers 301 to /X.
+    location ~ ^/moved/(.*)$ {{
+      return 301 /$1$is_args$args;
+    }}
     location / {{
       {auth_lines}
       client_max_body_size 0;
@@ -511,6 +517,21 @@ http {{
     /// `http://127.0.0.1:PORT/upstream.git` (no credentials in it).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/upstream.git", self.port)
+    }
+
+    /// A URL that answers with a redirect to [`SmartHttp::url`].
+    pub fn moved_url(&self) -> String {
+        format!("http://127.0.0.1:{}/moved/upstream.git", self.port)
+    }
+
+    /// The access log: one `connection method uri status` line a request.
+    pub fn requests(&self) -> Vec<String> {
+        let log = self.dir.path().join("logs/access.log");
+        fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// `http://USER:PASSWORD@127.0.0.1:PORT/upstream.git` with the password
