@@ -462,6 +462,18 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, in MiB: the
+/// memory that would be freed if the process exited.
+fn private_mib(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kb: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    kb / 1024.0
+}
+
 fn status_field(pid: u32, field: &str) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
@@ -830,6 +842,15 @@ fn idle_cost(plan: &Plan, report: &mut Report) {
         report.single(
             &format!("  of which file-backed (RssFile: pages of the binary and libc), {transport}"),
             status_mib(pid, "RssFile"),
+            Unit::MiB,
+            "",
+            None,
+        );
+        report.single(
+            &format!(
+                "  private to gitreload (USS: RSS less the pages it shares, such as libc's), {transport}"
+            ),
+            private_mib(pid),
             Unit::MiB,
             "",
             None,

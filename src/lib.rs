@@ -22,7 +22,7 @@
 //! | module | what it does | data out |
 //! |---|---|---|
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
-//! | [`git`] | private bare mirror in the state dir; fetch, resolve the ref | [`git::Fetched`] (a [`git::CommitId`]) |
+//! | [`git`] | private bare mirror in the state dir; fetch (git:// on our own socket, smart HTTP on one kept client), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
 //! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
@@ -45,7 +45,7 @@
 //!   the checker) fails the deploy instead of reaching the volume.
 //! - Only [`deploy`] writes to the destination, and only paths it manages
 //!   (recorded in the manifest); files others put there are never touched.
-//! - Only [`git`] uses gix (and the reqwest client gix builds); only
+//! - Only [`git`] uses gix and the HTTP client that fetches; only
 //!   [`reload`] and [`http`] touch the network besides the fetch. [`deploy`]
 //!   never talks to the network. [`credentials`] never uses gix: it turns
 //!   settings into git config strings and secrets read just now.

@@ -35,6 +35,7 @@ impl Dns {
         let conf = format!(
             "no-resolv\nno-hosts\nbind-interfaces\nlisten-address=127.0.0.1\nport={port}\n\
              local-ttl=0\naddn-hosts={hosts}\nlocal=/#/\n{user}\
+             edns-packet-max=4096\n\
              pid-file={d}/dnsmasq.pid\nlog-facility=-\nlog-queries\n",
             // As root, dnsmasq drops to `nobody`, who could not re-read the
             // hosts file in our 0700 temp dir on SIGHUP.
@@ -181,7 +182,8 @@ pub fn query_a(server: &str, name: &str) -> Result<Vec<Ipv4Addr>, u8> {
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
                                            // EDNS0 OPT record offering a 4096-byte answer: without it dnsmasq cuts
-                                           // a name with many A records (100 targets) to 512 bytes.
+                                           // a name with many A records (100 targets) to 512 bytes
+                                           // (and without edns-packet-max above, to 1232).
     q.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(350)))
