@@ -425,9 +425,16 @@ impl Mirror {
             .to_owned()],
             ..Default::default()
         };
-        let outcome = connection
+        let prepared = connection
             .prepare_fetch(gix::progress::Discard, options)
-            .and_then(|p| p.receive(gix::progress::Discard, interrupt))
+            .map_err(|e| self.fetch_error(session, &e))?;
+        // Nothing moved upstream (the common poll): no negotiation and no
+        // ref transaction.
+        if up_to_date(repo, prepared.ref_map()) {
+            return Ok(prepared.ref_map().remote_refs.clone());
+        }
+        let outcome = prepared
+            .receive(gix::progress::Discard, interrupt)
             .map_err(|e| self.fetch_error(session, &e))?;
         Ok(outcome.ref_map.remote_refs)
     }
@@ -460,9 +467,12 @@ impl Mirror {
         stream.set_read_timeout(Some(self.io_timeout))?;
         stream.set_write_timeout(Some(self.io_timeout))?;
         let reader = stream.try_clone()?;
+        // gix writes each pkt-line on its own and flushes at the end of a
+        // request: one segment a request instead of one a line.
+        let writer = std::io::BufWriter::new(stream);
         Ok(Some(Box::new(git_daemon::Connection::new(
             reader,
-            stream,
+            writer,
             version,
             url.path.clone(),
             Some((host, port)),
@@ -820,6 +830,26 @@ impl Walker<'_> {
         }
         Ok(Ok(()))
     }
+}
+
+/// True when every ref the fetch maps already points where the remote's
+/// does (and every unmapped advertised object is present): a fetch would
+/// bring nothing.
+fn up_to_date(repo: &gix::Repository, map: &gix::remote::fetch::RefMap) -> bool {
+    use gix::bstr::ByteSlice;
+    map.mappings.iter().all(|mapping| {
+        let Some(id) = mapping.remote.as_id() else {
+            return true; // unborn
+        };
+        match &mapping.local {
+            Some(local) => repo
+                .try_find_reference(local.as_bstr())
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.target().try_id() == Some(id)),
+            None => repo.has_object(id),
+        }
+    })
 }
 
 fn count_packs(mirror: &Path) -> usize {

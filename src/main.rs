@@ -297,14 +297,15 @@ fn validate(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> ExitCod
 
 /// glibc gives each thread that allocates an arena of its own (up to eight
 /// per core); for a sidecar that allocates little, each is resident memory
-/// that buys nothing, and the per-thread caches keep one arena uncontended.
-/// (musl has a single allocator and no such knob.)
+/// that buys nothing. Two, not one: with a single arena every poll grew and
+/// trimmed the main heap, which cost more CPU than the arena saved memory
+/// (see README, Benchmarks). (musl has one allocator and no such knob.)
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt(3) only sets an allocator parameter; it is called
     // before any thread is started.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

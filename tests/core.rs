@@ -918,3 +918,52 @@ fn repo_that_moved_is_followed_through_its_redirect() {
         "{requests:?}"
     );
 }
+
+/// Every file and directory below `root` with its modification time.
+fn mtimes(root: &std::path::Path) -> std::collections::BTreeMap<String, std::time::SystemTime> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .display()
+                .to_string();
+            out.insert(rel, meta.modified().unwrap());
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_change_polls_leave_the_mirror_untouched() {
+    let s = seeded();
+    let daemon = GitDaemon::start(&s.upstream);
+    let mut run = s
+        .gitreload(&daemon.url())
+        .env("GITRELOAD_INTERVAL", "200ms")
+        .env("GITRELOAD_LOG_LEVEL", "debug")
+        .spawn();
+    run.wait_for_event_count(T, "no change", 2);
+    let mirror = s.state().join("mirror.git");
+    let before = mtimes(&mirror);
+    let polls = run.count_events("no change");
+    run.wait_for_event_count(T, "no change", polls + 5);
+    assert_eq!(
+        mtimes(&mirror),
+        before,
+        "a no-change poll wrote to the mirror"
+    );
+
+    // A push is still fetched.
+    s.upstream.write("prometheus.yml", prometheus_yml("two"));
+    s.upstream.commit_and_push("second");
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    assert!(run.terminate().success());
+}
