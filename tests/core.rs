@@ -865,15 +865,19 @@ fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_fil
     assert_eq!(s.dest_file("conf"), "now a file\n");
 }
 
+/// A sidecar polling `url` every 200 ms, logging each `no change`.
+fn polling_fast(s: &Sidecar, url: &str) -> RunningGitreload {
+    s.gitreload(url)
+        .env("GITRELOAD_INTERVAL", "200ms")
+        .env("GITRELOAD_LOG_LEVEL", "debug")
+        .spawn()
+}
+
 #[test]
 fn polls_over_smart_http_keep_one_connection_alive() {
     let s = seeded();
     let http = SmartHttp::start(&s.upstream);
-    let mut run = s
-        .gitreload(&http.url())
-        .env("GITRELOAD_INTERVAL", "200ms")
-        .env("GITRELOAD_LOG_LEVEL", "debug")
-        .spawn();
+    let mut run = polling_fast(&s, &http.url());
     run.wait_for_event_count(T, "no change", 6);
     let polls: Vec<String> = http
         .requests()
@@ -945,11 +949,7 @@ fn mtimes(root: &std::path::Path) -> std::collections::BTreeMap<String, std::tim
 fn no_change_polls_leave_the_mirror_untouched() {
     let s = seeded();
     let daemon = GitDaemon::start(&s.upstream);
-    let mut run = s
-        .gitreload(&daemon.url())
-        .env("GITRELOAD_INTERVAL", "200ms")
-        .env("GITRELOAD_LOG_LEVEL", "debug")
-        .spawn();
+    let mut run = polling_fast(&s, &daemon.url());
     run.wait_for_event_count(T, "no change", 2);
     let mirror = s.state().join("mirror.git");
     let before = mtimes(&mirror);

@@ -167,6 +167,15 @@ fn header_lines(response: &reqwest::blocking::Response) -> Vec<u8> {
     lines
 }
 
+/// `Read` for a reader whose buffering is its `BufRead` side.
+fn read_through_buffer(reader: &mut impl BufRead, buf: &mut [u8]) -> io::Result<usize> {
+    let data = reader.fill_buf()?;
+    let n = data.len().min(buf.len());
+    buf[..n].copy_from_slice(&data[..n]);
+    reader.consume(n);
+    Ok(n)
+}
+
 /// A GET's headers: read already, or the error to report when gix reads
 /// them.
 pub enum Headers {
@@ -178,14 +187,7 @@ pub enum Headers {
 
 impl Read for Headers {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let data = self.fill_buf()?;
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_through_buffer(self, buf)
     }
 }
 
@@ -228,14 +230,7 @@ pub enum Body {
 
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let data = self.fill_buf()?;
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_through_buffer(self, buf)
     }
 }
 
