@@ -108,3 +108,73 @@ fn readme_quick_start_deploys_the_example_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The text of the README section that starts with `heading`.
+fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no {heading:?} section"));
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+#[test]
+fn readme_benchmark_table_is_the_bench_output_with_a_verdict_for_every_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = readme();
+    let bench = section(&readme, "## Benchmarks");
+    assert!(
+        bench.contains("cargo bench --bench pipeline"),
+        "the command is not in README"
+    );
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("[[bench]]\nname = \"pipeline\"\nharness = false"),
+        "Cargo.toml has no harness-less `pipeline` bench"
+    );
+    // The table is what the bench prints: same header, one row per figure.
+    let source = std::fs::read_to_string(root.join("benches/pipeline.rs")).unwrap();
+    let header = "| figure | median | p95 | min | max | n | target | |";
+    assert!(source.contains(header), "the bench prints another table");
+    assert!(
+        bench.contains(header),
+        "README shows no table from the bench"
+    );
+    assert!(
+        bench.contains("vCPUs") && bench.contains("Linux"),
+        "README does not describe the machine"
+    );
+    let rows: Vec<&str> = bench
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    for target in [
+        "median < 100 ms",
+        "median < 100 ms + promtool",
+        "median < 700 ms",
+        "< 2 ms",
+        "< 10 MB",
+        "median < 200 ms",
+        "median < 50 ms",
+        "median ≤ healthy-100 median",
+    ] {
+        let with_target: Vec<&&str> = rows.iter().filter(|r| r.contains(target)).collect();
+        assert!(!with_target.is_empty(), "no row for the target {target:?}");
+        for row in with_target {
+            assert!(
+                row.ends_with("| hit |") || row.ends_with("| **miss** |"),
+                "a row with a target but no verdict: {row}"
+            );
+        }
+    }
+    // A miss is explained.
+    if rows.iter().any(|r| r.contains("**miss**")) {
+        assert!(
+            bench.contains("what bounds"),
+            "README reports a miss without saying what bounds it"
+        );
+    }
+}
