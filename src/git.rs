@@ -38,8 +38,11 @@ mod http;
 use crate::redact::{self, RepoUrl};
 use gix::protocol::transport::client::blocking_io::http::Transport as HttpTransport;
 
-/// How long connecting to a git daemon may take.
+/// How long connecting to a git server may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an idle HTTP connection to the git server is kept for reuse.
+const HTTP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
 /// A mirror with more packs than this is rebuilt (every fetch that brings
 /// objects adds one pack, and gix does not repack).
@@ -518,6 +521,10 @@ impl Mirror {
         let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(self.io_timeout)
+            // Below the 60 s or more that git servers and their proxies
+            // keep an idle connection, so a poll does not meet one the
+            // server is closing.
+            .pool_idle_timeout(HTTP_IDLE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
         if let Some((path, pem)) = &session.ca {
             let access = |problem: String| GitError::Access {
