@@ -28,15 +28,15 @@ use std::sync::atomic::AtomicBool;
 
 use gix::objs::tree::EntryKind;
 use gix::prelude::FindExt;
+use gix::protocol::transport::client::blocking_io::http::Transport as HttpTransport;
 use gix::protocol::transport::client::blocking_io::Transport;
 use gix::protocol::transport::client::git::{blocking_io as git_daemon, ConnectMode};
 use gix::remote::Direction;
 
 use crate::credentials::{Credentials, CredentialsError, Session};
+use crate::redact::{self, RepoUrl};
 
 mod http;
-use crate::redact::{self, RepoUrl};
-use gix::protocol::transport::client::blocking_io::http::Transport as HttpTransport;
 
 /// How long connecting to a git server may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -456,9 +456,6 @@ impl Mirror {
             return Ok(None);
         }
         let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
-        if url.scheme != gix::url::Scheme::Git {
-            return Ok(None);
-        }
         let host = url.host().ok_or("the URL has no host")?.to_string();
         let port = url.port;
         let address =

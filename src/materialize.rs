@@ -95,9 +95,6 @@ pub struct Staged {
     pub files: BTreeMap<String, FileKind>,
     /// Substituted values, to mask in the checker's output.
     pub redactions: Redactions,
-    /// How many files and links were written to the staging directory
-    /// (the others were already there from an earlier sync).
-    pub written: usize,
 }
 
 /// A working tree written out to a staging directory (`gitreload validate`).
@@ -210,10 +207,6 @@ impl Staging {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// A checker ran in the directory: its content is verified before the
     /// next materialize trusts it.
     pub fn checked(&mut self) {
@@ -231,16 +224,12 @@ impl Staging {
             .collect();
         for path in secret {
             let full = self.dir.join(&path);
-            match std::fs::remove_file(&full) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(path = %full.display(), error = %e, "cannot remove a staged secret; removing the staging directory");
-                    self.reset();
-                    return;
-                }
-                _ => {
-                    self.held.remove(&path);
-                }
+            if let Err(e) = remove_tree(&full) {
+                tracing::warn!(path = %full.display(), error = %e, "cannot remove a staged secret; removing the staging directory");
+                self.reset();
+                return;
             }
+            self.held.remove(&path);
         }
     }
 
@@ -397,7 +386,6 @@ fn stage_commit(
         dir,
         files,
         redactions: findings.redactions,
-        written,
     })
 }
 

@@ -126,8 +126,8 @@ pub struct Pipeline {
     /// Path rules, limits and secrets for materializing a commit.
     rules: Arc<Rules>,
     records: Records,
-    /// The staging directory kept between syncs; `None` only while a
-    /// blocking task holds it.
+    /// The staging directory kept between syncs; `None` only while
+    /// [`Pipeline::on_staging`] lends it to a blocking task.
     staging: Option<Staging>,
     staging_root: PathBuf,
     /// What is live on the destination.
@@ -569,25 +569,48 @@ impl Pipeline {
         let result = self
             .check_and_deploy(commit, resolved_ref, staged, check)
             .await;
-        let mut staging = self.staging.take();
         // A failed deploy may have met a staged file that changed: the next
         // sync stages afresh. Plaintext never outlives the sync.
         let failed = matches!(result, Err(Outcome::DeployFailed));
-        let staging = tokio::task::spawn_blocking(move || {
-            if let Some(s) = &mut staging {
-                if failed {
-                    s.reset();
-                } else {
-                    s.discard_secrets();
-                }
+        self.on_staging(move |staging| {
+            if failed {
+                staging.reset();
+            } else {
+                staging.discard_secrets();
             }
-            staging
         })
         .await
-        .ok()
-        .flatten();
-        self.staging = Some(staging.unwrap_or_else(|| Staging::new(&self.staging_root)));
+        .ok();
         result
+    }
+
+    /// Runs `work` on the staging directory off the async runtime. When it
+    /// panicked, the staging directory is started afresh.
+    async fn on_staging<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Staging) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let mut staging = self
+            .staging
+            .take()
+            .unwrap_or_else(|| Staging::new(&self.staging_root));
+        let job = tokio::task::spawn_blocking(move || {
+            let done = work(&mut staging);
+            (staging, done)
+        })
+        .await;
+        match job {
+            Ok((staging, done)) => {
+                self.staging = Some(staging);
+                Ok(done)
+            }
+            Err(join) => {
+                let mut fresh = Staging::new(&self.staging_root);
+                fresh.reset();
+                self.staging = Some(fresh);
+                Err(join)
+            }
+        }
     }
 
     async fn materialize(&mut self, commit: &CommitId) -> Result<Staged, MaterializeError> {
@@ -596,30 +619,17 @@ impl Pipeline {
         let commit = commit.clone();
         let subdir = self.settings.staging.subdir.clone();
         let rules = self.rules.clone();
-        let mut staging = self
-            .staging
-            .take()
-            .unwrap_or_else(|| Staging::new(&self.staging_root));
-        let job = tokio::task::spawn_blocking(move || {
-            let result = materialize::materialize(&mirror, &commit, &subdir, &mut staging, &rules);
-            (staging, result)
-        })
-        .await;
-        let result = match job {
-            Ok((staging, result)) => {
-                self.staging = Some(staging);
-                result
-            }
-            Err(join) => {
-                let mut fresh = Staging::new(&self.staging_root);
-                fresh.reset();
-                self.staging = Some(fresh);
+        let result = self
+            .on_staging(move |staging| {
+                materialize::materialize(&mirror, &commit, &subdir, staging, &rules)
+            })
+            .await
+            .unwrap_or_else(|join| {
                 Err(MaterializeError::Io {
                     path: self.staging_root.clone(),
                     source: std::io::Error::other(join.to_string()),
                 })
-            }
-        };
+            });
         self.metrics.stage(Stage::materialize, began.elapsed());
         result
     }
