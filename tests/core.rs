@@ -921,6 +921,23 @@ fn repo_that_moved_is_followed_through_its_redirect() {
         !requests.iter().any(|r| r.contains("POST /moved/")),
         "{requests:?}"
     );
+
+    // Through two redirects, the fetch still lands where the repository is.
+    let t = seeded();
+    let http = SmartHttp::start(&t.upstream);
+    let out = t
+        .gitreload(&http.moved_twice_url())
+        .arg("--once")
+        .run_once(T);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert_eq!(t.dest_file("prometheus.yml"), prometheus_yml("one"));
+    let requests = http.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(" POST /upstream.git/git-upload-pack 200")),
+        "{requests:?}"
+    );
 }
 
 /// Every file and directory below `root` with its modification time.

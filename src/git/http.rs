@@ -57,12 +57,11 @@ impl Exchanges {
         body: Option<Vec<u8>>,
     ) -> io::Result<reqwest::blocking::Response> {
         let mut map = reqwest::header::HeaderMap::new();
-        let lines: Vec<String> = headers
+        let lines = headers
             .into_iter()
             .map(|h| h.as_ref().to_string())
-            .chain(self.extra_headers.iter().cloned())
-            .collect();
-        for line in &lines {
+            .chain(self.extra_headers.iter().cloned());
+        for line in lines {
             if let Some((name, value)) = line.split_once(':') {
                 if let (Ok(name), Ok(value)) = (
                     reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
@@ -72,6 +71,8 @@ impl Exchanges {
                 }
             }
         }
+        // What follows the base: kept when a redirect moves the base.
+        let tail = url.strip_prefix(base_url).unwrap_or("").to_string();
         let mut url = match &self.redirected_base {
             Some(base) => format!("{base}{}", url.strip_prefix(base_url).unwrap_or(url)),
             None => url.to_string(),
@@ -89,8 +90,7 @@ impl Exchanges {
             let status = response.status();
             if status.is_redirection() && may_follow {
                 let next = redirect_target(&url, &response)?;
-                let tail = url.strip_prefix(base_url).unwrap_or("");
-                let base = next.strip_suffix(tail).ok_or_else(|| {
+                let base = next.strip_suffix(tail.as_str()).ok_or_else(|| {
                     io::Error::other(format!(
                         "redirected to {} which does not end like the request did; set the new URL",
                         crate::redact::redact_url(&next)
@@ -296,10 +296,12 @@ impl Post {
         }
         match self.sent.as_mut().expect("set above") {
             Ok(lines) => Ok(lines.clone()),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                std::mem::replace(e, io::Error::other("request failed")),
-            )),
+            // The error itself the first time (gix looks inside it for
+            // a 401), its kind after that.
+            Err(e) => {
+                let kind = e.kind();
+                Err(std::mem::replace(e, io::Error::new(kind, "request failed")))
+            }
         }
     }
 }

@@ -448,9 +448,13 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     {tls_lines}
-    # The repository as if it had moved: /moved/X answers 301 to /X.
+    # The repository as if it had moved: /moved/X answers 301 to /X, and
+    # /moved-twice/X to /moved/X.
     location ~ ^/moved/(.*)$ {{
       return 301 /$1$is_args$args;
+    }}
+    location ~ ^/moved-twice/(.*)$ {{
+      return 301 /moved/$1$is_args$args;
     }}
     location / {{
       {auth_lines}
@@ -522,6 +526,11 @@ http {{
     /// A URL that answers with a redirect to [`SmartHttp::url`].
     pub fn moved_url(&self) -> String {
         format!("http://127.0.0.1:{}/moved/upstream.git", self.port)
+    }
+
+    /// A URL that redirects to [`SmartHttp::moved_url`].
+    pub fn moved_twice_url(&self) -> String {
+        format!("http://127.0.0.1:{}/moved-twice/upstream.git", self.port)
     }
 
     /// The access log: one `connection method uri status` line a request.
