@@ -139,6 +139,14 @@ async fn run(settings: Settings) -> ExitCode {
         );
     }
 
+    if settings.credentials.allow_insecure_http {
+        tracing::warn!(
+            target: "gitreload::credentials",
+            repo = %settings.repo.redacted(),
+            "GITRELOAD_ALLOW_INSECURE_HTTP=true: credentials for an http:// repository are sent unencrypted; anyone on the network path can read the password and serve a config of their own. Use it only for a git server on a private network"
+        );
+    }
+
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
