@@ -854,7 +854,7 @@ fn own_files(raw: &Raw) -> Vec<(String, PathBuf)> {
         .into_iter()
         .filter_map(|(name, value)| {
             let value = value.as_deref()?.trim();
-            (!value.is_empty()).then(|| (name, value))
+            (!value.is_empty()).then_some((name, value))
         })
         .chain([("STATE_DIR", state_dir)])
         .map(|(name, value)| {
