@@ -36,8 +36,9 @@ enum Command {
     /// Check a local checkout as the sidecar checks a commit, before it is
     /// pushed: path rules, limits, .age decryption, substitution and the
     /// checker. Reads GITRELOAD_CHECK, CHECK_TIMEOUT, SUBDIR, EXPAND,
-    /// AGE_IDENTITY_FILE, MAX_FILES and MAX_FILE_SIZE; secrets that are
-    /// absent are replaced by a marked placeholder, with a warning each.
+    /// EXPAND_FILES, EXPAND_ENV, AGE_IDENTITY_FILE, MAX_FILES and
+    /// MAX_FILE_SIZE; secrets that are absent are replaced by a marked
+    /// placeholder, with a warning each.
     /// Exit 0: valid; 1: invalid; 2: bad settings or no such directory.
     Validate {
         /// The checkout (working tree files as they are on disk).

@@ -359,9 +359,11 @@ impl Settings {
     }
 
     /// Reads the variables `gitreload validate` uses (SUBDIR, CHECK,
-    /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, AGE_IDENTITY_FILE)
-    /// from the process environment; REPO and DEST are not needed, and the
-    /// other variables are not validated.
+    /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, EXPAND_FILES,
+    /// EXPAND_ENV, AGE_IDENTITY_FILE) from the process environment; REPO and
+    /// DEST are not needed, and the other variables are not validated (the
+    /// paths of the `*_FILE` ones and STATE_DIR are only kept out of
+    /// substitution).
     pub fn for_validate() -> Result<StagingSettings, SettingsError> {
         Settings::for_validate_from_vars(
             std::env::vars_os()
