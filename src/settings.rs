@@ -15,6 +15,11 @@
 //!   of every `*_FILE`) never appear in an error or in [`Settings::summary`];
 //!   only `***` or the file's path does. A `*_FILE` that cannot be read is an
 //!   error naming the variable.
+//! - The paths of every `*_FILE` setting and the state directory are handed
+//!   to [`crate::secrets::Sources`] as never readable by `${file:}`, set or
+//!   not used (`gitreload validate` does not read them otherwise), and
+//!   neither list of allowed sources can name `/proc`, `/sys`, `/dev` or
+//!   `GITRELOAD_*`.
 //! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
 //!   fall back to a default).
 //! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
