@@ -9,6 +9,10 @@
 //! - A non-zero exit, a signal, a timeout or a checker that cannot be started
 //!   all reject; only exit status 0 lets the commit through. The combined
 //!   output is kept (trimmed) for the log.
+//! - Output is trimmed at a line boundary, so that what is kept holds whole
+//!   lines only: the caller masks secret values and plaintext lines in it
+//!   ([`crate::secrets::Redactions`]), and half a value would escape the
+//!   mask.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -163,7 +167,9 @@ fn kill_group(pid: Option<u32>) {
 }
 
 /// The output as one string, at most [`OUTPUT_LIMIT`] bytes (the end is
-/// kept: checkers print the verdict last).
+/// kept: checkers print the verdict last), starting at the beginning of a
+/// line (when the kept part has a line break): a cut through a line could
+/// leave the tail of a secret that masking no longer recognises.
 pub fn trim_output(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
@@ -174,5 +180,29 @@ pub fn trim_output(bytes: &[u8]) -> String {
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    format!("...{}", &text[start..])
+    if let Some(newline) = text[start..].find('\n') {
+        start += newline + 1;
+    }
+    format!("...\n{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_output_keeps_whole_lines_from_the_end() {
+        let secret_line = format!("password: {}", "s".repeat(200));
+        let mut output = String::new();
+        while output.len() < OUTPUT_LIMIT - 100 {
+            output.push_str("line of checker output\n");
+        }
+        let output = format!("{secret_line}\n{output}FAILED: verdict\n");
+        let kept = trim_output(output.as_bytes());
+        assert!(kept.len() <= OUTPUT_LIMIT + 4, "{}", kept.len());
+        assert!(kept.starts_with("...\nline of checker output\n"), "{kept}");
+        assert!(kept.ends_with("FAILED: verdict"), "{kept}");
+        assert!(!kept.contains("sss"), "half a line was kept: {kept}");
+        assert_eq!(trim_output(b"  short\n"), "short");
+    }
 }

@@ -22,6 +22,10 @@
 //!   fetch), never to gitreload's stderr; a failure is explained from them:
 //!   authentication refused, unknown or changed host key (which host, how to
 //!   add it), TLS verification failed (which host, which CA file).
+//! - Credentials go over plain `http://` only with
+//!   `GITRELOAD_ALLOW_INSECURE_HTTP=true` ([`Credentials::allow_insecure_http`]);
+//!   the settings refuse the combination otherwise, and the HTTP transport
+//!   refuses to send an `Authorization` header over http:// as well.
 //! - Nothing here uses gix: settings in, git config strings, secrets read
 //!   just now and explanations out.
 
@@ -52,6 +56,10 @@ pub struct Credentials {
     pub login: Option<Login>,
     /// Extra CA certificates (PEM) trusted for https (`GITRELOAD_CA_FILE`).
     pub ca_file: Option<PathBuf>,
+    /// Credentials may go over plain `http://`
+    /// (`GITRELOAD_ALLOW_INSECURE_HTTP`, for a git server on a private
+    /// network); otherwise they are sent over https only.
+    pub allow_insecure_http: bool,
 }
 
 /// `GITRELOAD_USERNAME` and `GITRELOAD_PASSWORD_FILE`.
@@ -357,7 +365,8 @@ impl Credentials {
             return Some(CredentialsError::AuthRequired {
                 host,
                 hint: "credentials are only sent over https://, never in clear text over http://; \
-                       use an https:// URL"
+                       use an https:// URL (or, for a git server on a private network, set \
+                       GITRELOAD_ALLOW_INSECURE_HTTP=true)"
                     .into(),
             });
         }

@@ -489,7 +489,8 @@ impl Mirror {
     ) -> Result<Box<dyn Transport + Send>, BoxError> {
         let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
         Ok(Box::new(HttpTransport::new_http(
-            http::Exchanges::new(client),
+            http::Exchanges::new(client)
+                .allow_cleartext_credentials(self.credentials.allow_insecure_http),
             url,
             version,
             false,

@@ -25,7 +25,7 @@
 //! | [`git`] | private bare mirror in the state dir; fetch (git:// on our own socket, smart HTTP on one kept client), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
 //! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
-//! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
+//! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references from the allowed sources | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
 //! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`], [`reload::Refusal`] |
@@ -57,12 +57,18 @@
 //!   removed after each sync, the whole dir at start and at exit) and on
 //!   the destination (with
 //!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
-//!   name a reference, never its value, and substituted values are masked
-//!   in the checker's output.
+//!   name a reference, never its value, and substituted values and every
+//!   line and value of a decrypted plaintext are masked in the checker's
+//!   output.
+//! - `${file:}` and `${env:}` read only what `GITRELOAD_EXPAND_FILES` and
+//!   `GITRELOAD_EXPAND_ENV` allow (nothing when unset), and never
+//!   gitreload's own credentials, state dir, `/proc`, `/sys`, `/dev` or
+//!   `GITRELOAD_*` variables ([`secrets::Sources`]).
 //! - Every secret value (URL passwords, the password file each time it is
 //!   read, the webhook secret) is remembered by [`redact`] and scrubbed from
-//!   every log line and panic message; credentials are never sent over
-//!   plain http://. The one secret the state dir may hold is a 0600 copy of
+//!   every log line and panic message; so is the value of a secret query
+//!   parameter of a URL (`?token=`, ...). Credentials are never sent over
+//!   plain http:// unless `GITRELOAD_ALLOW_INSECURE_HTTP=true`. The one secret the state dir may hold is a 0600 copy of
 //!   an SSH key that ssh would refuse where it was mounted (`ssh/id`).
 //! - Every loop is driven by a timer or an event; nothing busy-waits.
 

@@ -36,8 +36,9 @@ enum Command {
     /// Check a local checkout as the sidecar checks a commit, before it is
     /// pushed: path rules, limits, .age decryption, substitution and the
     /// checker. Reads GITRELOAD_CHECK, CHECK_TIMEOUT, SUBDIR, EXPAND,
-    /// AGE_IDENTITY_FILE, MAX_FILES and MAX_FILE_SIZE; secrets that are
-    /// absent are replaced by a marked placeholder, with a warning each.
+    /// EXPAND_FILES, EXPAND_ENV, AGE_IDENTITY_FILE, MAX_FILES and
+    /// MAX_FILE_SIZE; secrets that are absent are replaced by a marked
+    /// placeholder, with a warning each.
     /// Exit 0: valid; 1: invalid; 2: bad settings or no such directory.
     Validate {
         /// The checkout (working tree files as they are on disk).
@@ -114,6 +115,7 @@ async fn run(settings: Settings) -> ExitCode {
         ssh_known_hosts_file = %field("ssh_known_hosts_file"),
         ssh_accept_new_host_keys = %field("ssh_accept_new_host_keys"),
         ca_file = %field("ca_file"),
+        allow_insecure_http = %field("allow_insecure_http"),
         r#ref = %field("ref"),
         subdir = %field("subdir"),
         dest = %field("dest"),
@@ -122,6 +124,8 @@ async fn run(settings: Settings) -> ExitCode {
         check = %field("check"),
         targets = %field("targets"),
         expand = %field("expand"),
+        expand_files = %field("expand_files"),
+        expand_env = %field("expand_env"),
         age_identities = %field("age_identities"),
         listen = %field("listen"),
         webhook_secret = %field("webhook_secret"),
@@ -136,6 +140,14 @@ async fn run(settings: Settings) -> ExitCode {
             target: "gitreload::credentials",
             known_hosts = %settings.state_dir.join("ssh/known_hosts").display(),
             "GITRELOAD_SSH_ACCEPT_NEW_HOST_KEYS=true: the SSH host key of a server seen for the first time is trusted without verification"
+        );
+    }
+
+    if settings.credentials.allow_insecure_http {
+        tracing::warn!(
+            target: "gitreload::credentials",
+            repo = %settings.repo.redacted(),
+            "GITRELOAD_ALLOW_INSECURE_HTTP=true: credentials for an http:// repository are sent unencrypted; anyone on the network path can read the password and serve a config of their own. Use it only for a git server on a private network"
         );
     }
 

@@ -163,6 +163,7 @@ impl Rules {
                 expand: settings.expand.clone(),
                 mode,
                 max_file_size: settings.max_file_size,
+                sources: settings.sources.clone(),
             },
         }
     }

@@ -2,8 +2,10 @@
 //! secret, so that logs, errors and metric labels never carry them.
 //!
 //! Promises:
-//! - [`RepoUrl::redacted`] and [`redact_url`] never return a password or an
-//!   HTTP user-info (a token is often passed as the user name), and
+//! - [`RepoUrl::redacted`] and [`redact_url`] never return a password, an
+//!   HTTP user-info (a token is often passed as the user name) or the value
+//!   of a secret-bearing query or fragment parameter (`?token=`,
+//!   `?private_token=`, `?sig=`, ...: see [`is_secret_parameter`]), and
 //!   [`RepoUrl::scrub`] removes every secret part of the URL from free text,
 //!   such as an error message from the git transport.
 //! - Every secret handed to [`remember`] (URL passwords, the content of
@@ -109,6 +111,16 @@ impl RepoUrl {
                 }
             }
         }
+        for value in secret_parameter_values(text) {
+            if !value.is_empty() && !secrets.iter().any(|s| s == value) {
+                secrets.push(value.to_string());
+                if let Some(decoded) = percent_decode(value) {
+                    if decoded != value && !decoded.is_empty() {
+                        secrets.push(decoded);
+                    }
+                }
+            }
+        }
         Ok(RepoUrl {
             raw: text.to_string(),
             secrets,
@@ -135,13 +147,14 @@ impl RepoUrl {
         self.raw.starts_with("http://") || self.raw.starts_with("https://")
     }
 
-    /// The secret parts of this URL (password, token user-info), for
-    /// [`remember`].
+    /// The secret parts of this URL (password, token user-info, secret
+    /// query parameters), for [`remember`].
     pub fn secrets(&self) -> &[String] {
         &self.secrets
     }
 
-    /// True when the URL carries a password or an HTTP token.
+    /// True when the URL carries a password, an HTTP token or a secret
+    /// query parameter.
     pub fn has_credentials(&self) -> bool {
         !self.secrets.is_empty()
     }
@@ -229,10 +242,12 @@ fn userinfo(url: &str) -> Option<(&str, &str)> {
 }
 
 /// The URL with any password replaced by `***`; for http(s) the whole
-/// user-info goes, since tokens are often passed as the user name.
+/// user-info goes, since tokens are often passed as the user name. The
+/// values of secret query and fragment parameters become `***` too.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, info)) = userinfo(url) else {
-        return url.to_string();
+    let url = redact_parameters(url);
+    let Some((scheme, info)) = userinfo(&url) else {
+        return url;
     };
     let shown = if scheme.starts_with("http") {
         "***".to_string()
@@ -249,6 +264,108 @@ pub fn redact_url(url: &str) -> String {
         shown,
         &url[prefix_len + info.len()..]
     )
+}
+
+/// Query parameter names that carry a credential, compared without case:
+/// the tokens of GitHub, GitLab, Gitea and OAuth, signatures of signed URLs
+/// (S3, GCS, Azure SAS), API keys and passwords.
+const SECRET_PARAMETERS: &[&str] = &[
+    "token",
+    "access_token",
+    "private_token",
+    "id_token",
+    "refresh_token",
+    "job_token",
+    "auth",
+    "authorization",
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "secret",
+    "client_secret",
+    "key",
+    "apikey",
+    "api_key",
+    "sig",
+    "signature",
+    "code",
+    "jwt",
+    "session",
+    "sessionid",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+];
+
+/// True for a query or fragment parameter whose value is a secret: a name
+/// of [`SECRET_PARAMETERS`], or one that says so (contains `token`,
+/// `secret`, `passw`, `signature` or `credential`, or ends in `key`),
+/// without regard to case or percent-encoding.
+pub fn is_secret_parameter(name: &str) -> bool {
+    let name = percent_decode(name)
+        .unwrap_or_else(|| name.to_string())
+        .to_ascii_lowercase();
+    SECRET_PARAMETERS.contains(&name.as_str())
+        || ["token", "secret", "passw", "signature", "credential"]
+            .iter()
+            .any(|w| name.contains(w))
+        || name.ends_with("key")
+}
+
+/// The query (after `?`) and the fragment (after `#`) of a URL, as byte
+/// ranges of `url`.
+fn parameter_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let fragment = url.find('#');
+    let before_fragment = fragment.unwrap_or(url.len());
+    if let Some(q) = url[..before_fragment].find('?') {
+        ranges.push(q + 1..before_fragment);
+    }
+    if let Some(f) = fragment {
+        ranges.push(f + 1..url.len());
+    }
+    ranges
+}
+
+/// The values of the secret parameters of `url` (as written, not decoded).
+fn secret_parameter_values(url: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for range in parameter_ranges(url) {
+        for pair in url[range].split(['&', ';']) {
+            if let Some((name, value)) = pair.split_once('=') {
+                if is_secret_parameter(name) {
+                    out.push(value);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `url` with the value of every secret query or fragment parameter
+/// replaced by `***`.
+fn redact_parameters(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut copied = 0;
+    for range in parameter_ranges(url) {
+        let mut at = range.start;
+        for pair in url[range.clone()].split(['&', ';']) {
+            if let Some((name, value)) = pair.split_once('=') {
+                if is_secret_parameter(name) && !value.is_empty() {
+                    let value_start = at + name.len() + 1;
+                    out.push_str(&url[copied..value_start]);
+                    out.push_str("***");
+                    copied = value_start + value.len();
+                }
+            }
+            at += pair.len() + 1;
+        }
+    }
+    out.push_str(&url[copied..]);
+    out
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986), the way
@@ -306,6 +423,60 @@ mod tests {
             url.scrub("failed for https://u:p%40ss@h/x.git with p@ss"),
             "failed for https://***@h/x.git with ***"
         );
+    }
+
+    #[test]
+    fn secret_query_parameters_are_hidden_whatever_their_case() {
+        assert_eq!(
+            redact_url("https://git.example/cfg.git?private_token=glpat-abc&ref=main"),
+            "https://git.example/cfg.git?private_token=***&ref=main"
+        );
+        assert_eq!(
+            redact_url("http://u:p@h:9090/-/reload?Token=t1;ACCESS_TOKEN=t2&x=1#sig=s3"),
+            "http://***@h:9090/-/reload?Token=***;ACCESS_TOKEN=***&x=1#sig=***"
+        );
+        assert_eq!(
+            redact_url("https://s3.example/b/o?X-Amz-Signature=abc&X-Amz-Credential=AK%2F1&a=b"),
+            "https://s3.example/b/o?X-Amz-Signature=***&X-Amz-Credential=***&a=b"
+        );
+        for name in [
+            "token",
+            "TOKEN",
+            "private_token",
+            "access_token",
+            "password",
+            "secret",
+            "key",
+            "api_key",
+            "apiKey",
+            "sig",
+            "client_secret",
+            "my_token",
+            "p%61ssword",
+        ] {
+            assert!(is_secret_parameter(name), "{name}");
+        }
+        for name in ["ref", "branch", "service", "page", "monkey_business"] {
+            assert!(!is_secret_parameter(name), "{name}");
+        }
+        // Nothing to hide: unchanged, even when odd.
+        for url in [
+            "https://h/x.git",
+            "https://h/x.git?",
+            "https://h/x.git?token",
+            "https://h/x.git?token=",
+            "https://h/x.git?=v&&a=b#",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+        let url = RepoUrl::parse("https://h/x.git?private_token=glp%2Bat").unwrap();
+        assert!(url.has_credentials());
+        assert_eq!(url.secrets(), ["glp%2Bat", "glp+at"]);
+        assert_eq!(
+            url.scrub("fetch of https://h/x.git?private_token=glp%2Bat failed: glp+at"),
+            "fetch of https://h/x.git?private_token=*** failed: ***"
+        );
+        assert_eq!(format!("{url}"), "https://h/x.git?private_token=***");
     }
 
     #[test]

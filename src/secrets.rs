@@ -10,6 +10,11 @@
 //! replacements, for one) is left exactly as written. Values are inserted
 //! once, never expanded again.
 //!
+//! A reference reads only what the operator allowed: `${file:}` a file whose
+//! path, as written and once every link in it is resolved, matches
+//! `GITRELOAD_EXPAND_FILES`; `${env:}` a variable whose name matches
+//! `GITRELOAD_EXPAND_ENV`. Unset lists allow nothing.
+//!
 //! Promises:
 //! - A plaintext or a substituted value never appears in an error, a log
 //!   line or a metric: errors name the file, the line and the reference as
@@ -17,12 +22,21 @@
 //!   the checker's output can be masked before it is logged.
 //! - Decryption either yields the whole plaintext (bounded by
 //!   `GITRELOAD_MAX_FILE_SIZE`) or fails; a partial plaintext is never used.
-//! - `${env:GITRELOAD_...}` and `${file:<the identity file>}` are refused:
-//!   gitreload's own settings and key are not config material.
+//! - `${env:GITRELOAD_...}` is refused, and so is `${file:}` of gitreload's
+//!   own credentials (the file of every `*_FILE` setting, by path and by
+//!   inode, so a link or a hard link to one is caught), of its state
+//!   directory, and of anything under `/proc`, `/sys` or `/dev`, whatever
+//!   the allow lists say. The file is opened without following a link
+//!   (`O_NOFOLLOW`, after resolving the path) and must be a regular file.
+//! - Decrypted plaintext is registered line by line and value by value in
+//!   the [`Redactions`] (see [`Redactions::add_plaintext`]).
+//! - Substitution stops as soon as its output passes
+//!   `GITRELOAD_MAX_FILE_SIZE`; the whole output is never built first.
 //! - In [`Mode::Validate`] (`gitreload validate`), a secret that is absent
 //!   (no identity for a `.age` file, an unreadable file, an unset variable)
 //!   is replaced by [`PLACEHOLDER`] and reported, so a checkout can be
-//!   checked without the production secrets. Malformed references still fail.
+//!   checked without the production secrets. Malformed references, and
+//!   references the allow lists refuse, still fail.
 //! - Nothing here writes a file; the materialize stage decides where the
 //!   result goes.
 
@@ -186,8 +200,160 @@ pub struct Secrets {
     /// Deployed paths whose `${file:}`/`${env:}` references are substituted.
     pub expand: Vec<glob::Pattern>,
     pub mode: Mode,
-    /// Largest file a `${file:}` reference may read.
+    /// Largest file a `${file:}` reference may read, and largest result of
+    /// a substitution.
     pub max_file_size: u64,
+    /// What references may read.
+    pub sources: Sources,
+}
+
+/// Directories `${file:}` never reads, whatever `GITRELOAD_EXPAND_FILES`
+/// says: process memory and environments (`/proc/self/environ` holds
+/// gitreload's own settings), kernel state, devices (`/dev/zero` never
+/// ends, `/dev/fd/N` are gitreload's open files). None is config material.
+pub const NEVER_READ: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// What `${file:}` and `${env:}` references may read.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `GITRELOAD_EXPAND_FILES`: absolute globs; empty allows no file.
+    pub files: Vec<glob::Pattern>,
+    /// `GITRELOAD_EXPAND_ENV`: globs of variable names; empty allows none.
+    pub env: Vec<glob::Pattern>,
+    /// gitreload's own files, never read: each `*_FILE` setting's file
+    /// (with the variable's name, for the error) and the state directory
+    /// (everything below it).
+    pub own: Vec<(String, PathBuf)>,
+}
+
+/// Case-sensitive glob matching where `*` stays within one path component;
+/// `**` crosses components, including Kubernetes' `..data` links.
+const PATH_MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Sources {
+    /// Why `${env:name}` may not be read, if it may not.
+    fn refuse_env(&self, name: &str) -> Result<(), String> {
+        if name.starts_with("GITRELOAD_") {
+            return Err("gitreload's own variables are never substituted".into());
+        }
+        if self.env.is_empty() {
+            return Err(format!(
+                "is not allowed: GITRELOAD_EXPAND_ENV is not set; set it to the variables \
+                 substitution may read, such as GITRELOAD_EXPAND_ENV={name}"
+            ));
+        }
+        if !self.env.iter().any(|p| p.matches_with(name, PATH_MATCH)) {
+            return Err(format!(
+                "is not allowed by GITRELOAD_EXPAND_ENV={}",
+                patterns(&self.env)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the file `${file:path}` names may not be read, judged on the
+    /// path as written, before anything on the filesystem is looked at.
+    fn refuse_written(&self, path: &Path) -> Result<(), String> {
+        if let Some(dir) = NEVER_READ.iter().find(|d| path.starts_with(d)) {
+            return Err(format!(
+                "is under {dir}; /proc, /sys and /dev are never substituted"
+            ));
+        }
+        self.refuse_own(path)?;
+        if self.files.is_empty() {
+            return Err(
+                "is not allowed: GITRELOAD_EXPAND_FILES is not set; set it to the secret files \
+                 substitution may read, such as GITRELOAD_EXPAND_FILES=/run/secrets/alertmanager_*"
+                    .into(),
+            );
+        }
+        if !self.allows(path) {
+            return Err(format!(
+                "is not allowed by GITRELOAD_EXPAND_FILES={}",
+                patterns(&self.files)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the file a reference resolves to (every link followed) may not
+    /// be read.
+    fn refuse_resolved(&self, written: &Path, resolved: &Path) -> Result<(), String> {
+        let shown = |why: String| {
+            if resolved == written {
+                why
+            } else {
+                format!("resolves to {}, which {why}", resolved.display())
+            }
+        };
+        if let Some(dir) = NEVER_READ.iter().find(|d| resolved.starts_with(d)) {
+            return Err(shown(format!(
+                "is under {dir}; /proc, /sys and /dev are never substituted"
+            )));
+        }
+        self.refuse_own(resolved).map_err(shown)?;
+        if !self.allows(resolved) {
+            return Err(shown(format!(
+                "is not allowed by GITRELOAD_EXPAND_FILES={}",
+                patterns(&self.files)
+            )));
+        }
+        Ok(())
+    }
+
+    fn allows(&self, path: &Path) -> bool {
+        path.to_str()
+            .is_some_and(|p| self.files.iter().any(|g| g.matches_with(p, PATH_MATCH)))
+    }
+
+    /// Refuses `path` when it is one of gitreload's own files or below its
+    /// state directory, by path (as given and resolved) and by inode.
+    fn refuse_own(&self, path: &Path) -> Result<(), String> {
+        for (var, own) in &self.own {
+            let resolved = own.canonicalize().ok();
+            let hit = |p: &Path| {
+                p.starts_with(own) || resolved.as_ref().is_some_and(|r| p.starts_with(r))
+            };
+            if hit(path) {
+                return Err(format!(
+                    "is gitreload's own {} ({var}); it is never substituted",
+                    if var == "GITRELOAD_STATE_DIR" {
+                        "state"
+                    } else {
+                        "credential"
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an opened file that is one of gitreload's own files under
+    /// another name (a hard link, a bind mount).
+    fn refuse_own_inode(&self, meta: &std::fs::Metadata) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        for (var, own) in &self.own {
+            if let Ok(m) = std::fs::metadata(own) {
+                if m.is_file() && m.dev() == meta.dev() && m.ino() == meta.ino() {
+                    return Err(format!(
+                        "is gitreload's own credential ({var}) under another name; it is never substituted"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn patterns(list: &[glob::Pattern]) -> String {
+    list.iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What staging learned about secrets, beyond the files themselves.
@@ -225,6 +391,7 @@ impl Secrets {
             expand: Vec::new(),
             mode,
             max_file_size,
+            sources: Sources::default(),
         }
     }
 
@@ -266,17 +433,13 @@ impl Secrets {
         }
         if let Some(index) = self.expand_pattern(deployed) {
             findings.patterns_used[index] = true;
-            let expanded = substitute(&content, |reference| self.lookup(path, reference, findings))
-                .map_err(|e| e.to_string())?;
+            let expanded = substitute(&content, self.max_file_size, |reference| {
+                self.lookup(path, reference, findings)
+            })
+            .map_err(|e| e.to_string())?;
             if expanded.substituted > 0 {
                 secret = true;
                 content = std::borrow::Cow::Owned(expanded.content);
-            }
-            if content.len() as u64 > self.max_file_size {
-                return Err(format!(
-                    "is larger than {} bytes after substitution (GITRELOAD_MAX_FILE_SIZE)",
-                    self.max_file_size
-                ));
             }
         }
         Ok(Resolved {
@@ -287,7 +450,11 @@ impl Secrets {
 
     fn decrypt(&self, path: &str, data: &[u8], findings: &mut Findings) -> Result<Vec<u8>, String> {
         match (&self.identities, self.mode) {
-            (Some(ids), _) => ids.decrypt(data, self.max_file_size),
+            (Some(ids), _) => {
+                let plaintext = ids.decrypt(data, self.max_file_size)?;
+                findings.redactions.add_plaintext(&plaintext);
+                Ok(plaintext)
+            }
             (None, Mode::Deploy) => Err(
                 "is encrypted with age, but GITRELOAD_AGE_IDENTITY_FILE is not set; \
                  give gitreload the identity (e.g. a Docker secret) to decrypt it"
@@ -305,38 +472,43 @@ impl Secrets {
         }
     }
 
-    /// The value of one reference, or the placeholder when validating.
+    /// The value of one reference, or the placeholder when validating. A
+    /// reference the allow lists refuse fails in both modes; one that is
+    /// allowed but absent becomes the placeholder when validating.
     fn lookup(
         &self,
         path: &str,
         reference: Reference<'_>,
         findings: &mut Findings,
     ) -> Result<Vec<u8>, String> {
-        match reference {
+        let value = match reference {
             Reference::File(file) => {
-                if self
-                    .identities
-                    .as_ref()
-                    .is_some_and(|ids| same_file(ids.path(), Path::new(file)))
-                {
-                    return Err(
-                        "is gitreload's age identity (GITRELOAD_AGE_IDENTITY_FILE); it is never substituted"
-                            .into(),
-                    );
+                let file = Path::new(file);
+                self.sources.refuse_written(file)?;
+                if let Some(ids) = &self.identities {
+                    if same_file(ids.path(), file) {
+                        return Err(
+                            "is gitreload's own credential (GITRELOAD_AGE_IDENTITY_FILE); \
+                                    it is never substituted"
+                                .into(),
+                        );
+                    }
+                }
+                match file.canonicalize() {
+                    Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+                    Ok(resolved) => {
+                        self.sources.refuse_resolved(file, &resolved)?;
+                        read_secret_file(&resolved, self.max_file_size, &self.sources)?
+                    }
                 }
             }
             Reference::Env(name) => {
-                if name.starts_with("GITRELOAD_") {
-                    return Err("gitreload's own variables are never substituted".into());
+                self.sources.refuse_env(name)?;
+                match std::env::var_os(name) {
+                    Some(v) => Ok(std::os::unix::ffi::OsStringExt::into_vec(v)),
+                    None => Err(format!("environment variable {name} is not set")),
                 }
             }
-        }
-        let value = match reference {
-            Reference::File(file) => read_secret_file(Path::new(file), self.max_file_size),
-            Reference::Env(name) => match std::env::var_os(name) {
-                Some(v) => Ok(std::os::unix::ffi::OsStringExt::into_vec(v)),
-                None => Err(format!("environment variable {name} is not set")),
-            },
         };
         let value = value.and_then(|v| {
             if v.is_empty() {
@@ -363,23 +535,58 @@ impl Secrets {
     }
 }
 
-/// Content of a `${file:}` reference, trailing newlines trimmed.
-fn read_secret_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+/// Content of a `${file:}` reference whose path is already resolved,
+/// trailing newlines trimmed. The outer `Err` is a refusal (fails in every
+/// mode), the inner one an absence (a placeholder when validating).
+///
+/// The last component is opened with `O_NOFOLLOW`: a link swapped in after
+/// the path was resolved and judged is not followed. `O_NONBLOCK` keeps a
+/// FIFO from hanging the open; only a regular file is read.
+#[allow(clippy::type_complexity)]
+fn read_secret_file(
+    path: &Path,
+    limit: u64,
+    sources: &Sources,
+) -> Result<Result<Vec<u8>, String>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!(
+                "{} became a symbolic link while it was read; refused",
+                path.display()
+            ))
+        }
+        Err(e) => return Ok(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    sources.refuse_own_inode(&meta)?;
     let mut value = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_end(&mut value))
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Err(e) = file.take(limit + 1).read_to_end(&mut value) {
+        wipe(&mut value);
+        return Ok(Err(format!("cannot read {}: {e}", path.display())));
+    }
     if value.len() as u64 > limit {
         wipe(&mut value);
-        return Err(format!(
+        return Ok(Err(format!(
             "{} is larger than {limit} bytes (GITRELOAD_MAX_FILE_SIZE)",
             path.display()
-        ));
+        )));
     }
     while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         value.pop();
     }
-    Ok(value)
+    Ok(Ok(value))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -394,14 +601,70 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Secret values to mask in text that leaves gitreload (the checker's
 /// output). `Debug` shows none of them.
-#[derive(Debug, Default, Clone)]
-pub struct Redactions(Vec<Secret>);
+#[derive(Default, Clone)]
+pub struct Redactions(std::collections::BTreeSet<String>);
+
+impl std::fmt::Debug for Redactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Each value shows as `***` (the Debug of [`Secret`]).
+        let hidden: Vec<Secret> = self.0.iter().map(|_| Secret::new(String::new())).collect();
+        f.debug_tuple("Redactions").field(&hidden).finish()
+    }
+}
+
+/// Shorter parts of a decrypted plaintext are not masked on their own:
+/// they are the words and numbers checker output is made of (`true`, `5m`,
+/// `default`), and a credential that short is no credential.
+pub const MIN_MASKED_LEN: usize = 6;
 
 impl Redactions {
     pub fn add(&mut self, value: String) {
-        let value = value.trim().to_string();
-        if !value.is_empty() && !self.0.iter().any(|s| s.expose() == value) {
-            self.0.push(Secret::new(value));
+        let value = value.trim();
+        if !value.is_empty() {
+            self.0.insert(value.to_string());
+        }
+    }
+
+    /// Registers what a checker may quote from a decrypted file. Masking the
+    /// plaintext whole would catch nothing (a checker prints lines and
+    /// values, never the whole file), and the file's secret parts cannot be
+    /// told from the rest (a Slack URL is a secret, its key `api_url` says
+    /// nothing), so every part a checker may quote is masked:
+    /// - every line, trimmed (a checker that echoes the offending line);
+    /// - every value: what follows the first `:` or `=` of a line, or a
+    ///   `- ` list item, unquoted (YAML errors quote the value alone);
+    /// - for a value longer than 10 bytes, its first 7 bytes followed by
+    ///   `...`: the YAML library of promtool and amtool quotes a value it
+    ///   cannot convert that way (`` cannot unmarshal !!str `hunter2...` ``).
+    ///
+    /// Parts shorter than [`MIN_MASKED_LEN`] are left (see there).
+    pub fn add_plaintext(&mut self, plaintext: &[u8]) {
+        let text = String::from_utf8_lossy(plaintext);
+        for line in text.lines() {
+            let line = line.trim();
+            self.add_part(line);
+            let item = line.strip_prefix("- ").unwrap_or(line);
+            let value = match item.find([':', '=']) {
+                Some(at) => &item[at + 1..],
+                None if item.len() < line.len() => item,
+                None => continue,
+            };
+            let value = value.trim().trim_end_matches(',').trim();
+            let value = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(value);
+            self.add_part(value);
+            if value.len() > 10 && value.is_char_boundary(7) {
+                self.add_part(&format!("{}...", &value[..7]));
+            }
+        }
+    }
+
+    fn add_part(&mut self, part: &str) {
+        if part.len() >= MIN_MASKED_LEN {
+            self.add(part.to_string());
         }
     }
 
@@ -412,7 +675,7 @@ impl Redactions {
     /// `text` with every known value replaced by `***` (longest first, so a
     /// value containing another is masked whole).
     pub fn apply(&self, text: &str) -> String {
-        let mut values: Vec<&str> = self.0.iter().map(Secret::expose).collect();
+        let mut values: Vec<&str> = self.0.iter().map(String::as_str).collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         let mut out = text.to_string();
         for v in values {
@@ -467,8 +730,13 @@ const OPENERS: [&[u8]; 2] = [b"${file:", b"${env:"];
 /// `resolve` returns; `$${file:`/`$${env:` become a literal `${file:`/`${env:`.
 /// A reference must close on its own line; PATH must be absolute and
 /// without `.`/`..` components; NAME is `[A-Za-z_][A-Za-z0-9_]*`.
+///
+/// The output never grows past `limit` bytes: the first value that would
+/// take it there stops the substitution (a few references to a large
+/// value must not build gigabytes before the size is checked).
 pub fn substitute(
     text: &[u8],
+    limit: u64,
     mut resolve: impl FnMut(Reference<'_>) -> Result<Vec<u8>, String>,
 ) -> Result<Substituted, SubstituteError> {
     let mut out = Vec::with_capacity(text.len());
@@ -509,8 +777,20 @@ pub fn substitute(
             let body = std::str::from_utf8(&whole[2..whole.len() - 1])
                 .map_err(|_| fail(shown.clone(), "is not valid UTF-8".into()))?;
             let reference = parse_reference(body).map_err(|why| fail(shown.clone(), why))?;
-            let value = resolve(reference).map_err(|why| fail(shown.clone(), why))?;
+            let mut value = resolve(reference).map_err(|why| fail(shown.clone(), why))?;
+            if (out.len() + value.len()) as u64 > limit {
+                wipe(&mut value);
+                wipe(&mut out);
+                return Err(fail(
+                    shown,
+                    format!(
+                        "makes the file larger than {limit} bytes (GITRELOAD_MAX_FILE_SIZE); \
+                         substitution stopped here"
+                    ),
+                ));
+            }
             out.extend_from_slice(&value);
+            wipe(&mut value);
             substituted += 1;
             i = end + 1;
             continue;
@@ -520,6 +800,14 @@ pub fn substitute(
         }
         out.push(byte);
         i += 1;
+    }
+    if out.len() as u64 > limit {
+        wipe(&mut out);
+        return Err(SubstituteError {
+            line,
+            reference: String::new(),
+            reason: format!("is larger than {limit} bytes (GITRELOAD_MAX_FILE_SIZE)"),
+        });
     }
     Ok(Substituted {
         content: out,
@@ -559,7 +847,7 @@ mod tests {
     use super::*;
 
     fn run(text: &str) -> Result<String, SubstituteError> {
-        substitute(text.as_bytes(), |r| match r {
+        substitute(text.as_bytes(), 1 << 20, |r| match r {
             Reference::Env("TOKEN") => Ok(b"t0k3n".to_vec()),
             Reference::File("/run/secrets/slack") => Ok(b"https://hooks.example/x".to_vec()),
             other => Err(format!("{other} is unknown")),
@@ -664,6 +952,161 @@ mod tests {
             err.contains("line 2") && !err.contains("not a key"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn substitution_stops_at_the_first_value_past_the_limit() {
+        let text = "x: ${env:BIG}\n".repeat(1000);
+        let mut calls = 0;
+        let err = substitute(text.as_bytes(), 10_000, |_| {
+            calls += 1;
+            Ok(vec![b'v'; 4000])
+        })
+        .unwrap_err();
+        assert_eq!(calls, 3, "substitution went on past the limit");
+        assert_eq!((err.line, err.reference.as_str()), (3, "${env:BIG}"));
+        assert!(err.reason.contains("GITRELOAD_MAX_FILE_SIZE"), "{err}");
+        let ok = substitute(b"a ${env:X} b", 9, |_| Ok(b"12345".to_vec())).unwrap();
+        assert_eq!(ok.content, b"a 12345 b");
+        assert!(substitute(b"a ${env:X} b", 8, |_| Ok(b"12345".to_vec())).is_err());
+    }
+
+    #[test]
+    fn decrypted_lines_values_and_quoted_prefixes_are_masked() {
+        let mut r = Redactions::default();
+        r.add_plaintext(
+            b"global:\n  smtp_auth_password: 'hunter2-horse-battery'\n  resolve_timeout: 5m\n\
+              receivers:\n  - name: default\n    slack_configs:\n      - api_url: \"https://hooks.example/T0/B0/xyz\"\n\
+              TOKEN=abcdef123\n  - list-item-secret\n",
+        );
+        let out = r.apply(
+            "line 2: cannot unmarshal !!str `hunter2...` into bool\n\
+             echo:   smtp_auth_password: 'hunter2-horse-battery'\n\
+             value hunter2-horse-battery, url https://hooks.example/T0/B0/xyz, env abcdef123, \
+             item list-item-secret, timeout 5m, key smtp_auth_password",
+        );
+        for leaked in ["hunter2", "hooks.example", "abcdef123", "list-item-secret"] {
+            assert!(!out.contains(leaked), "{leaked} in {out}");
+        }
+        // Short values and bare keys stay readable.
+        assert!(
+            out.contains("timeout 5m") && out.contains("key smtp_auth_password"),
+            "{out}"
+        );
+        assert!(
+            out.contains("line 2: cannot unmarshal !!str `***` into bool"),
+            "{out}"
+        );
+    }
+
+    fn sources(dir: &Path) -> Sources {
+        Sources {
+            files: vec![glob::Pattern::new(&format!("{}/allowed/*", dir.display())).unwrap()],
+            env: vec![glob::Pattern::new("SLACK_*").unwrap()],
+            own: vec![
+                ("GITRELOAD_SSH_KEY_FILE".into(), dir.join("key")),
+                ("GITRELOAD_STATE_DIR".into(), dir.join("state")),
+            ],
+        }
+    }
+
+    /// Runs the policy and the read the way `lookup` does: `Err` is a
+    /// refusal, `Ok(Err)` an absence.
+    fn read(sources: &Sources, file: &Path) -> Result<Result<Vec<u8>, String>, String> {
+        sources.refuse_written(file)?;
+        match file.canonicalize() {
+            Err(e) => Ok(Err(e.to_string())),
+            Ok(resolved) => {
+                sources.refuse_resolved(file, &resolved)?;
+                read_secret_file(&resolved, 1 << 20, sources)
+            }
+        }
+    }
+
+    #[test]
+    fn file_references_read_only_allowed_files_and_never_our_own() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        // Canonical, so that the allow list matches resolved paths here too.
+        let dir = tmp.path().canonicalize().unwrap();
+        let allowed = dir.join("allowed");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        std::fs::write(dir.join("key"), "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        std::fs::write(dir.join("state/id"), "copy of the key\n").unwrap();
+        std::fs::write(allowed.join("slack"), "https://hooks.example/x\n").unwrap();
+        std::fs::write(dir.join("elsewhere"), "not config\n").unwrap();
+        let s = sources(&dir);
+
+        assert_eq!(
+            read(&s, &allowed.join("slack")).unwrap().unwrap(),
+            b"https://hooks.example/x"
+        );
+        let refused = |name: &str, target: &Path, why: &str| {
+            let link = allowed.join(name);
+            let _ = std::os::unix::fs::symlink(target, &link);
+            let err = read(&s, &link).expect_err(name);
+            assert!(err.contains(why), "{name}: {err}");
+        };
+        refused("environ", Path::new("/proc/self/environ"), "/proc");
+        refused("mem", Path::new("/dev/zero"), "/dev");
+        refused("key_link", &dir.join("key"), "GITRELOAD_SSH_KEY_FILE");
+        refused("state_link", &dir.join("state/id"), "GITRELOAD_STATE_DIR");
+        refused("out", &dir.join("elsewhere"), "GITRELOAD_EXPAND_FILES");
+        std::fs::hard_link(dir.join("key"), allowed.join("hard")).unwrap();
+        let err = read(&s, &allowed.join("hard")).unwrap_err();
+        assert!(err.contains("GITRELOAD_SSH_KEY_FILE"), "{err}");
+        // Judged on the path as written first: no look at the filesystem.
+        let err = read(&s, Path::new("/proc/self/environ")).unwrap_err();
+        assert!(err.contains("/proc"), "{err}");
+        let err = read(&s, &dir.join("elsewhere")).unwrap_err();
+        assert!(
+            err.contains("not allowed by GITRELOAD_EXPAND_FILES"),
+            "{err}"
+        );
+        let err = read(&s, &dir.join("key")).unwrap_err();
+        assert!(err.contains("GITRELOAD_SSH_KEY_FILE"), "{err}");
+        // A FIFO would block a read for ever; only regular files are read.
+        let fifo = allowed.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read(&s, &fifo).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        // Allowed but absent: an absence, not a refusal.
+        assert!(read(&s, &allowed.join("missing")).unwrap().is_err());
+        let none = Sources::default();
+        let err = read(&none, &allowed.join("slack")).unwrap_err();
+        assert!(err.contains("GITRELOAD_EXPAND_FILES is not set"), "{err}");
+    }
+
+    #[test]
+    fn star_stays_in_one_directory_and_double_star_covers_kubernetes_links() {
+        let all = glob::Pattern::new("/etc/s/**").unwrap();
+        assert!(all.matches_with("/etc/s/token", PATH_MATCH));
+        assert!(all.matches_with("/etc/s/..2024_01_01_00_00_00.1/token", PATH_MATCH));
+        let one = glob::Pattern::new("/run/secrets/am_*").unwrap();
+        assert!(one.matches_with("/run/secrets/am_smtp", PATH_MATCH));
+        assert!(!one.matches_with("/run/secrets/am_dir/inner", PATH_MATCH));
+        assert!(!one.matches_with("/run/secrets/gitreload_key", PATH_MATCH));
+    }
+
+    #[test]
+    fn env_references_read_only_allowed_names_and_never_ours() {
+        let s = sources(Path::new("/nonexistent"));
+        assert!(s.refuse_env("SLACK_URL").is_ok());
+        let err = s.refuse_env("GITRELOAD_WEBHOOK_SECRET").unwrap_err();
+        assert!(err.contains("gitreload's own variables"), "{err}");
+        let err = s.refuse_env("AWS_SECRET_ACCESS_KEY").unwrap_err();
+        assert!(err.contains("GITRELOAD_EXPAND_ENV=SLACK_*"), "{err}");
+        let err = Sources::default().refuse_env("SLACK_URL").unwrap_err();
+        assert!(err.contains("GITRELOAD_EXPAND_ENV is not set"), "{err}");
+        // Even a list that allows everything never allows ours.
+        let all = Sources {
+            env: vec![glob::Pattern::new("*").unwrap()],
+            ..Sources::default()
+        };
+        assert!(all.refuse_env("GITRELOAD_PASSWORD_FILE").is_err());
+        assert!(all.refuse_env("HOME").is_ok());
     }
 
     use age::secrecy::ExposeSecret;

@@ -15,6 +15,11 @@
 //!   of every `*_FILE`) never appear in an error or in [`Settings::summary`];
 //!   only `***` or the file's path does. A `*_FILE` that cannot be read is an
 //!   error naming the variable.
+//! - The paths of every `*_FILE` setting and the state directory are handed
+//!   to [`crate::secrets::Sources`] as never readable by `${file:}`, set or
+//!   not used (`gitreload validate` does not read them otherwise), and
+//!   neither list of allowed sources can name `/proc`, `/sys`, `/dev` or
+//!   `GITRELOAD_*`.
 //! - An unknown `GITRELOAD_*` variable is an error (a typo must not silently
 //!   fall back to a default).
 //! - The cron script's variables (`PROMETHEUS_CONFIG_REPO`, ...) are accepted
@@ -29,7 +34,7 @@ use serde::Deserialize;
 
 use crate::credentials::{Credentials, CredentialsError, Login};
 use crate::redact::{redact_url, RepoUrl};
-use crate::secrets::Identities;
+use crate::secrets::{Identities, Sources};
 
 /// Every variable gitreload reads, without the `GITRELOAD_` prefix.
 /// README's table and the deploy files are tested against this list.
@@ -41,6 +46,7 @@ pub const VARIABLES: &[&str] = &[
     "SSH_KNOWN_HOSTS_FILE",
     "SSH_ACCEPT_NEW_HOST_KEYS",
     "CA_FILE",
+    "ALLOW_INSECURE_HTTP",
     "DEST",
     "REF",
     "SUBDIR",
@@ -57,6 +63,8 @@ pub const VARIABLES: &[&str] = &[
     "DRIFT",
     "VERIFY_INTERVAL",
     "EXPAND",
+    "EXPAND_FILES",
+    "EXPAND_ENV",
     "AGE_IDENTITY_FILE",
     "SECRET_FILE_MODE",
     "TARGETS",
@@ -80,6 +88,9 @@ pub const LEGACY_VARIABLES: &[&str] = &[
     "PROMETHEUS_PORT",
     "PROMETHEUS_NOTIFY_PATH",
 ];
+
+/// Private state unless `GITRELOAD_STATE_DIR` says otherwise.
+const DEFAULT_STATE_DIR: &str = "/var/lib/gitreload";
 
 /// Where the HTTP server listens unless `GITRELOAD_LISTEN` says otherwise.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9108";
@@ -214,6 +225,9 @@ pub struct StagingSettings {
     pub expand: Vec<glob::Pattern>,
     /// Identities that decrypt `.age` files; `None` rejects them.
     pub age_identity: Option<Identities>,
+    /// What `${file:}` and `${env:}` may read (`GITRELOAD_EXPAND_FILES`,
+    /// `GITRELOAD_EXPAND_ENV`), and gitreload's own files they never read.
+    pub sources: Sources,
 }
 
 impl Settings {
@@ -263,6 +277,7 @@ struct Raw {
     ssh_known_hosts_file: Option<String>,
     ssh_accept_new_host_keys: Option<String>,
     ca_file: Option<String>,
+    allow_insecure_http: Option<String>,
     dest: Option<String>,
     #[serde(rename = "ref")]
     reference: Option<String>,
@@ -280,6 +295,8 @@ struct Raw {
     drift: Option<String>,
     verify_interval: Option<String>,
     expand: Option<String>,
+    expand_files: Option<String>,
+    expand_env: Option<String>,
     age_identity_file: Option<String>,
     secret_file_mode: Option<String>,
     targets: Option<String>,
@@ -318,9 +335,10 @@ const TOKEN_PREFIXES: &[&str] = &[
     "glcbt-",
 ];
 
-/// Why credentials and http:// do not mix (gix refuses too).
+/// Why credentials and http:// do not mix unless the operator says so.
 const CLEARTEXT: &str =
-    "credentials are only sent over https://, never in clear text over http://; use an https:// URL";
+    "credentials are only sent over https://, never in clear text over http://; use an https:// URL \
+     (or, for a git server on a private network, set GITRELOAD_ALLOW_INSECURE_HTTP=true)";
 const DURATION_FORM: &str = "expected a duration such as 500ms, 30s or 5m";
 
 impl Settings {
@@ -346,9 +364,11 @@ impl Settings {
     }
 
     /// Reads the variables `gitreload validate` uses (SUBDIR, CHECK,
-    /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, AGE_IDENTITY_FILE)
-    /// from the process environment; REPO and DEST are not needed, and the
-    /// other variables are not validated.
+    /// CHECK_TIMEOUT, MAX_FILES, MAX_FILE_SIZE, EXPAND, EXPAND_FILES,
+    /// EXPAND_ENV, AGE_IDENTITY_FILE) from the process environment; REPO and
+    /// DEST are not needed, and the other variables are not validated (the
+    /// paths of the `*_FILE` ones and STATE_DIR are only kept out of
+    /// substitution).
     pub fn for_validate() -> Result<StagingSettings, SettingsError> {
         Settings::for_validate_from_vars(
             std::env::vars_os()
@@ -376,6 +396,13 @@ impl Settings {
                 .map_or("none".into(), |p| p.display().to_string())
         };
         let c = &self.credentials;
+        let list = |l: &[glob::Pattern]| {
+            if l.is_empty() {
+                "none".to_string()
+            } else {
+                l.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+            }
+        };
         vec![
             ("repo", self.repo.redacted()),
             (
@@ -397,6 +424,7 @@ impl Settings {
                 c.ssh_accept_new_host_keys.to_string(),
             ),
             ("ca_file", path(&c.ca_file)),
+            ("allow_insecure_http", c.allow_insecure_http.to_string()),
             ("dest", self.dest.display().to_string()),
             (
                 "ref",
@@ -423,6 +451,8 @@ impl Settings {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            ("expand_files", list(&self.staging.sources.files)),
+            ("expand_env", list(&self.staging.sources.env)),
             (
                 "age_identities",
                 self.staging
@@ -730,6 +760,12 @@ fn staging(raw: &Raw) -> Result<StagingSettings, SettingsError> {
         None => None,
     };
 
+    let sources = Sources {
+        files: expand_files(&Var::new("EXPAND_FILES", &raw.expand_files))?,
+        env: expand_env(&Var::new("EXPAND_ENV", &raw.expand_env))?,
+        own: own_files(raw),
+    };
+
     Ok(StagingSettings {
         subdir,
         check,
@@ -738,7 +774,103 @@ fn staging(raw: &Raw) -> Result<StagingSettings, SettingsError> {
         max_file_size,
         expand,
         age_identity,
+        sources,
     })
+}
+
+/// `GITRELOAD_EXPAND_FILES`: absolute globs of the files `${file:}` may read.
+fn expand_files(v: &Var<'_>) -> Result<Vec<glob::Pattern>, SettingsError> {
+    let form = "expected comma-separated absolute globs of secret files, such as \
+                /run/secrets/alertmanager_*,/etc/gitreload/secrets/**";
+    let mut out = Vec::new();
+    for item in list_items(v.get(form)?) {
+        if !item.starts_with('/') {
+            return Err(v.invalid(format!("{item:?} is not absolute; {form}")));
+        }
+        let path = std::path::Path::new(item);
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(v.invalid(format!("{item:?} has a .. component; {form}")));
+        }
+        if let Some(dir) = crate::secrets::NEVER_READ
+            .iter()
+            .find(|d| path.starts_with(d))
+        {
+            return Err(v.invalid(format!(
+                "{item:?} is under {dir}, which is never substituted; {form}"
+            )));
+        }
+        let pattern = glob::Pattern::new(item)
+            .map_err(|e| v.invalid(format!("{item:?}: {}; {form}", e.msg)))?;
+        out.push(pattern);
+    }
+    Ok(out)
+}
+
+/// `GITRELOAD_EXPAND_ENV`: globs of the variables `${env:}` may read.
+fn expand_env(v: &Var<'_>) -> Result<Vec<glob::Pattern>, SettingsError> {
+    let form = "expected comma-separated variable names or globs, such as SLACK_API_URL,SMTP_*";
+    let mut out = Vec::new();
+    for item in list_items(v.get(form)?) {
+        if item.starts_with(PREFIX) {
+            return Err(v.invalid(format!(
+                "{item:?}: gitreload's own variables are never substituted; {form}"
+            )));
+        }
+        let valid = item.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '*' | '?' | '[' | ']' | '!' | '-')
+        });
+        if !valid {
+            return Err(v.invalid(format!("{item:?} is not a variable name or glob; {form}")));
+        }
+        let pattern = glob::Pattern::new(item)
+            .map_err(|e| v.invalid(format!("{item:?}: {}; {form}", e.msg)))?;
+        out.push(pattern);
+    }
+    Ok(out)
+}
+
+fn list_items(list: Option<&str>) -> impl Iterator<Item = &str> {
+    list.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// gitreload's own files, which `${file:}` never reads: the file of every
+/// `*_FILE` setting (read or not: in `gitreload validate` the sidecar's
+/// variables may be set without being used) and the state directory.
+fn own_files(raw: &Raw) -> Vec<(String, PathBuf)> {
+    let files = [
+        ("PASSWORD_FILE", &raw.password_file),
+        ("SSH_KEY_FILE", &raw.ssh_key_file),
+        ("SSH_KNOWN_HOSTS_FILE", &raw.ssh_known_hosts_file),
+        ("CA_FILE", &raw.ca_file),
+        ("WEBHOOK_SECRET_FILE", &raw.webhook_secret_file),
+        ("AGE_IDENTITY_FILE", &raw.age_identity_file),
+    ];
+    let state_dir = raw
+        .state_dir
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_STATE_DIR);
+    files
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let value = value.as_deref()?.trim();
+            (!value.is_empty()).then_some((name, value))
+        })
+        .chain([("STATE_DIR", state_dir)])
+        .map(|(name, value)| {
+            (
+                format!("{PREFIX}{name}"),
+                std::path::absolute(value).unwrap_or_else(|_| PathBuf::from(value)),
+            )
+        })
+        .collect()
 }
 
 /// A `*_FILE` variable: the path, made absolute, of a file that can be read
@@ -756,7 +888,11 @@ fn readable_file(v: &Var<'_>, expected: &str) -> Result<Option<(PathBuf, Vec<u8>
 
 /// The credential variables, checked together: pairs that only work
 /// together, and settings that do not apply to the repository's transport.
-fn credentials(raw: &Raw, repo: &RepoUrl) -> Result<Credentials, SettingsError> {
+fn credentials(
+    raw: &Raw,
+    repo: &RepoUrl,
+    allow_insecure_http: bool,
+) -> Result<Credentials, SettingsError> {
     let user_v = Var::new("USERNAME", &raw.username);
     let password_v = Var::new("PASSWORD_FILE", &raw.password_file);
     let key_v = Var::new("SSH_KEY_FILE", &raw.ssh_key_file);
@@ -822,7 +958,7 @@ fn credentials(raw: &Raw, repo: &RepoUrl) -> Result<Credentials, SettingsError> 
                  {PREFIX}REPO is not one"
             )));
         }
-        if repo.expose().starts_with("http://") {
+        if repo.expose().starts_with("http://") && !allow_insecure_http {
             return Err(password_v.invalid(format!("{CLEARTEXT} ({PREFIX}REPO is http://)")));
         }
         if repo.has_credentials() {
@@ -887,6 +1023,7 @@ fn credentials(raw: &Raw, repo: &RepoUrl) -> Result<Credentials, SettingsError> 
         ssh_accept_new_host_keys: accept_new,
         login,
         ca_file: ca.map(|(p, _)| p),
+        allow_insecure_http,
     })
 }
 
@@ -920,10 +1057,15 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
         "expected a git URL (https://, ssh://, git@host:path, git://, file://) or a path",
     )?;
     let repo = RepoUrl::parse(repo_text).map_err(|why| repo_v.invalid(why))?;
-    if repo.expose().starts_with("http://") && repo.has_credentials() {
+    let allow_insecure_http = Var::new("ALLOW_INSECURE_HTTP", &raw.allow_insecure_http).parse(
+        "expected true or false",
+        false,
+        parse_bool,
+    )?;
+    if repo.expose().starts_with("http://") && repo.has_credentials() && !allow_insecure_http {
         return Err(repo_v.invalid(CLEARTEXT));
     }
-    let credentials = credentials(&raw, &repo)?;
+    let credentials = credentials(&raw, &repo, allow_insecure_http)?;
 
     let dest_v = Var::named(dest_var, &dest_value);
     let dest = PathBuf::from(
@@ -949,7 +1091,7 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let state_dir = PathBuf::from(
         state_v
             .get("expected an absolute path")?
-            .unwrap_or("/var/lib/gitreload"),
+            .unwrap_or(DEFAULT_STATE_DIR),
     );
     if !state_dir.is_absolute() {
         return Err(state_v.invalid("expected an absolute path"));
@@ -1309,6 +1451,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("GITRELOAD_AGE_IDENTITY_FILE="), "{err}");
+    }
+
+    #[test]
+    fn expand_sources_name_the_variable_and_keep_our_own_files_out() {
+        let staging = |pairs: &[(&str, &str)]| Settings::for_validate_from_vars(vars(pairs));
+        let ok = staging(&[
+            (
+                "GITRELOAD_EXPAND_FILES",
+                "/run/secrets/alertmanager_*, /etc/s/**",
+            ),
+            ("GITRELOAD_EXPAND_ENV", "SLACK_*,SMTP_PASSWORD"),
+            ("GITRELOAD_SSH_KEY_FILE", "/run/secrets/key"),
+            ("GITRELOAD_STATE_DIR", "/srv/state"),
+        ])
+        .unwrap();
+        assert_eq!(ok.sources.files.len(), 2);
+        assert_eq!(ok.sources.env.len(), 2);
+        assert_eq!(
+            ok.sources.own,
+            [
+                (
+                    "GITRELOAD_SSH_KEY_FILE".to_string(),
+                    PathBuf::from("/run/secrets/key")
+                ),
+                (
+                    "GITRELOAD_STATE_DIR".to_string(),
+                    PathBuf::from("/srv/state")
+                ),
+            ]
+        );
+        let unset = staging(&[]).unwrap();
+        assert!(unset.sources.files.is_empty() && unset.sources.env.is_empty());
+        assert_eq!(unset.sources.own[0].1, PathBuf::from("/var/lib/gitreload"));
+        for (var, value, why) in [
+            ("GITRELOAD_EXPAND_FILES", "secrets/*", "not absolute"),
+            (
+                "GITRELOAD_EXPAND_FILES",
+                "/proc/*/environ",
+                "never substituted",
+            ),
+            ("GITRELOAD_EXPAND_FILES", "/run/../proc/x", ".."),
+            ("GITRELOAD_EXPAND_FILES", "/run/[x", "/run/[x"),
+            ("GITRELOAD_EXPAND_ENV", "GITRELOAD_*", "never substituted"),
+            ("GITRELOAD_EXPAND_ENV", "A B", "not a variable name"),
+        ] {
+            let err = staging(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{var}=")), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "pw\n").unwrap();
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = vars(&[
+                ("GITRELOAD_REPO", "http://git.internal:3000/o/r.git"),
+                ("GITRELOAD_DEST", "/srv/cfg"),
+                ("GITRELOAD_STATE_DIR", "/var/lib/x"),
+                ("GITRELOAD_USERNAME", "deploy"),
+                ("GITRELOAD_PASSWORD_FILE", file.to_str().unwrap()),
+            ]);
+            v.extend(vars(extra));
+            Settings::from_vars(v)
+        };
+        let err = with(&[]).unwrap_err().to_string();
+        assert!(err.contains("GITRELOAD_ALLOW_INSECURE_HTTP=true"), "{err}");
+        let ok = with(&[("GITRELOAD_ALLOW_INSECURE_HTTP", "true")]).unwrap();
+        assert!(ok.credentials.allow_insecure_http);
+        let err = with(&[("GITRELOAD_ALLOW_INSECURE_HTTP", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("GITRELOAD_ALLOW_INSECURE_HTTP="), "{err}");
+        let err = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "http://u:pw@git.internal/o/r.git"),
+            ("GITRELOAD_DEST", "/srv/cfg"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("GITRELOAD_REPO=") && !err.contains(":pw@"),
+            "{err}"
+        );
     }
 
     #[test]

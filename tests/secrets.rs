@@ -147,6 +147,17 @@ fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
+/// `GITRELOAD_EXPAND_FILES` allowing every file in the scratch directory,
+/// by its path and by its resolved path (the temp dir may sit behind a link).
+fn scratch_files(s: &Sidecar) -> String {
+    let dir = s.scratch();
+    format!(
+        "{}/*,{}/*",
+        dir.display(),
+        dir.canonicalize().unwrap().display()
+    )
+}
+
 /// A sidecar whose upstream holds an encrypted alertmanager.yml, with keys
 /// and the SMTP password file in its scratch dir.
 struct Secured {
@@ -180,6 +191,7 @@ impl Secured {
             .gitreload_file()
             .env("GITRELOAD_AGE_IDENTITY_FILE", &self.keys.identity_file)
             .env("GITRELOAD_EXPAND", "alertmanager.yml")
+            .env("GITRELOAD_EXPAND_FILES", scratch_files(&self.s))
             .env("GITRELOAD_CHECK", "alertmanager")
     }
 
@@ -467,6 +479,7 @@ fn substituted_file_gets_the_secret_mode_and_other_dollars_stay_as_written() {
         .gitreload_file()
         .env("PROM_TOKEN", "t0ken-from-env")
         .env("GITRELOAD_EXPAND", "prometheus.yml")
+        .env("GITRELOAD_EXPAND_ENV", "PROM_TOKEN")
         .env("GITRELOAD_SECRET_FILE_MODE", "0600")
         .env("GITRELOAD_CHECK", "prometheus")
         .arg("--once")
@@ -567,6 +580,7 @@ fn validate_stands_marked_placeholders_in_for_absent_secrets() {
         &[
             ("GITRELOAD_CHECK", "prometheus"),
             ("GITRELOAD_EXPAND", "prometheus.yml"),
+            ("GITRELOAD_EXPAND_ENV", "PROM_TOKEN"),
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
@@ -600,8 +614,10 @@ fn validate_decrypts_with_an_identity_and_checks_the_plaintext() {
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    // The checker's verdict is shown; the values of the decrypted file in
+    // it are masked like any other part of the plaintext.
     assert!(
-        out.stderr.contains("undefined receiver \"nobody\""),
+        out.stderr.contains("undefined receiver \"***\""),
         "{}",
         out.stderr
     );

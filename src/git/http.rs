@@ -15,6 +15,10 @@
 //!   redirect, never from https to http and never to another host (the
 //!   credentials would follow it); later requests go to the redirected base.
 //! - Every request is bounded by the client's timeouts.
+//! - An `Authorization` header never goes over plain http:// unless the
+//!   operator allowed it ([`Exchanges::allow_cleartext_credentials`], from
+//!   `GITRELOAD_ALLOW_INSECURE_HTTP`). gix's own refusal is compiled out
+//!   (its `http-client-insecure-credentials` feature), so this is the check.
 
 use std::io::{self, BufRead, Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,8 @@ pub struct Exchanges {
     redirected_base: Option<String>,
     /// Whether the next request may follow a redirect (the first one only).
     first_request: bool,
+    /// Whether credentials may be sent over plain http://.
+    cleartext_credentials: bool,
 }
 
 impl Exchanges {
@@ -46,7 +52,14 @@ impl Exchanges {
             extra_headers: Vec::new(),
             redirected_base: None,
             first_request: true,
+            cleartext_credentials: false,
         }
+    }
+
+    /// Lets credentials go over plain http:// (`GITRELOAD_ALLOW_INSECURE_HTTP`).
+    pub fn allow_cleartext_credentials(mut self, allow: bool) -> Exchanges {
+        self.cleartext_credentials = allow;
+        self
     }
 
     fn request(
@@ -79,6 +92,18 @@ impl Exchanges {
         };
         let may_follow = std::mem::replace(&mut self.first_request, false);
         for _ in 0..=MAX_REDIRECTS {
+            if !self.cleartext_credentials
+                && map.contains_key(reqwest::header::AUTHORIZATION)
+                && !url.starts_with("https://")
+            {
+                // The wording is what gix says in this case, and what
+                // `Credentials::explain` recognises.
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "Will not send credentials in clear text over http (set \
+                     GITRELOAD_ALLOW_INSECURE_HTTP=true for a git server on a private network)",
+                ));
+            }
             let builder = match &body {
                 Some(data) => self.client.post(&url).body(data.clone()),
                 None => self.client.get(&url),
@@ -359,6 +384,7 @@ impl Http for Exchanges {
             extra_headers: self.extra_headers.clone(),
             redirected_base: self.redirected_base.clone(),
             first_request: std::mem::replace(&mut self.first_request, false),
+            cleartext_credentials: self.cleartext_credentials,
         };
         let post = Arc::new(Mutex::new(Post {
             exchanges: Some(exchanges),
