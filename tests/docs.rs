@@ -150,6 +150,17 @@ fn bench_figures(source: &str) -> Vec<String> {
         })
         .collect();
     assert!(figures.len() > 10, "{figures:?}");
+    for (at, _) in source.match_indices("&figure(") {
+        let named = source[at + "&figure(".len()..]
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|rest| rest.split('"').next())
+            .expect("a figure named by a string literal");
+        assert!(
+            figures.iter().any(|f| f == named),
+            "the bench names a row {named:?} that FIGURES does not list"
+        );
+    }
     figures
 }
 

@@ -772,6 +772,24 @@ mod tests {
         assert_eq!(ok.len(), 2);
     }
 
+    /// The verdict is read from first answers only: a replica that was
+    /// unreachable at first and refuses on a retry does not make a round
+    /// refused (its config may have changed since).
+    #[test]
+    fn a_refusal_on_a_retry_is_no_verdict() {
+        let t0 = Instant::now();
+        let mut rounds = round_in_flight(&[2], true, t0);
+        let first = rounds.reloaded(1, 0, ip(2), Answer::TimesOut.result(), t0, 0.0);
+        assert_eq!(first.len(), 1, "{first:?}");
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(rounds.due(later), [reload_job(1, 0, 2)]);
+        let retry = rounds.reloaded(1, 0, ip(2), Answer::Refuses.result(), later, 0.0);
+        assert!(
+            matches!(retry[..], [Effect::ReloadFailed { attempt: 2, .. }]),
+            "{retry:?}"
+        );
+    }
+
     #[test]
     fn address_that_appears_mid_round_is_reloaded_and_awaited() {
         let t0 = Instant::now();
