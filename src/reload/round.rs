@@ -520,7 +520,7 @@ mod tests {
             }
             for i in 0..k {
                 heap(k - 1, items, out);
-                let j = if k % 2 == 0 { i } else { 0 };
+                let j = if k.is_multiple_of(2) { i } else { 0 };
                 items.swap(j, k - 1);
             }
         }
@@ -575,6 +575,8 @@ mod tests {
     fn every_answer_order_of_three_addresses_gives_the_same_verdict() {
         let kinds = [Answer::Accepts, Answer::Refuses, Answer::TimesOut];
         let addresses = [2u8, 3, 4];
+        let orders: BTreeSet<Vec<u8>> = permutations(&addresses).into_iter().collect();
+        assert_eq!(orders.len(), 6, "{orders:?}");
         let mut cases = 0;
         for previous_confirmed in [true, false] {
             for a in kinds {
