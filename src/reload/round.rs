@@ -289,7 +289,7 @@ impl Rounds {
         jitter: f64,
     ) -> Vec<Effect> {
         let attempts = self.attempts;
-        let Some(current) = self.current.as_mut().filter(|r| r.no == round) else {
+        let Some(current) = self.round_numbered(round) else {
             return Vec::new();
         };
         let url_round = &mut current.urls[url];
@@ -359,7 +359,7 @@ impl Rounds {
         jitter: f64,
     ) -> Vec<Effect> {
         let attempts = self.attempts;
-        let Some(current) = self.current.as_mut().filter(|r| r.no == round) else {
+        let Some(current) = self.round_numbered(round) else {
             return Vec::new();
         };
         let Some(state) = current.urls[url].targets.get_mut(&ip) else {
@@ -407,6 +407,12 @@ impl Rounds {
         }
         self.judge(now, &mut effects);
         effects
+    }
+
+    /// The current round if it is number `round`; `None` for a result of a
+    /// superseded round.
+    fn round_numbered(&mut self, round: u64) -> Option<&mut Round> {
+        self.current.as_mut().filter(|r| r.no == round)
     }
 
     /// Where the current round stands, for whoever waits on it.
