@@ -157,6 +157,56 @@ fn fmt(value: f64, unit: Unit) -> String {
     }
 }
 
+/// Every figure the table shows, as its first column reads; `{name}`
+/// stands for the part filled in at run time (transport, tree size, target
+/// count, number of polls). Rows are named only through [`figure`], so this
+/// list is the whole set; tests/docs.rs reads it to check README's table.
+const FIGURES: &[&str] = &[
+    "push → live on both Prometheus replicas, webhook, no checker, {transport}",
+    "  of which `{stage}` stage, {transport} (gitreload's histogram, mean)",
+    "`promtool check config` on its own (the checker's time)",
+    "push → live, webhook, `GITRELOAD_CHECK=prometheus`, smart HTTP",
+    "push → live, polling `GITRELOAD_INTERVAL=1s`, no checker, smart HTTP",
+    "Prometheus's own `POST /-/reload` (asked directly)",
+    "idle: CPU per no-change poll over {transport}, process + children (/proc/PID/stat, {polls} polls)",
+    "  same, live threads' schedstat (ns resolution), {transport}",
+    "  of which children (cutime+cstime), {transport}",
+    "  no-change fetch wall time over {transport} (gitreload's histogram, mean)",
+    "idle: resident memory after {polls} polls, {transport} (VmRSS)",
+    "  peak resident memory (VmHWM), {transport}",
+    "  of which anonymous (RssAnon: heap, stacks), {transport}",
+    "  of which file-backed (RssFile: pages of the binary and libc), {transport}",
+    "  private to gitreload (USS: RSS less the pages it shares, such as libc's), {transport}",
+    "initial sync, {label}: start → last file on the destination",
+    "  `{stage}` stage, initial sync, {label}",
+    "one-file change, {label}: push → file on the destination, no checker",
+    "  `{stage}` stage, one-file change, {label}",
+    "  whole sync (gitreload_sync_duration_seconds), one-file change, {label}",
+    "  peak resident memory (VmHWM), {label}",
+    "fan-out, 100 healthy + 1 hung target: file on disk → last healthy request arrives",
+    "  same, gitreload's logs: `config deployed` → last healthy `target reloaded`",
+    "fan-out, {n} healthy target(s): file on disk → last request arrives",
+    "  same, gitreload's logs: `config deployed` → `reload confirmed on every target`, {n}",
+];
+
+/// The name of a row: `template` (one of [`FIGURES`]) with each `{name}`
+/// replaced by its value in `parts`.
+fn figure(template: &str, parts: &[(&str, &dyn std::fmt::Display)]) -> String {
+    assert!(
+        FIGURES.contains(&template),
+        "figure {template:?} is not in FIGURES"
+    );
+    let mut name = template.to_string();
+    for (key, value) in parts {
+        name = name.replace(&format!("{{{key}}}"), &value.to_string());
+    }
+    assert!(
+        !name.contains('{'),
+        "figure {name:?} has a part left unfilled"
+    );
+    name
+}
+
 /// One row of the final table.
 struct Row {
     figure: String,
@@ -615,7 +665,10 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
         let (g, base) = fleet.gitreload(&url, "1h");
         let (live, before, after) = fleet.webhook_trials(&client, g, &base, prefix, trials);
         report.sample(
-            &format!("push → live on both Prometheus replicas, webhook, no checker, {transport}"),
+            &figure(
+                "push → live on both Prometheus replicas, webhook, no checker, {transport}",
+                &[("transport", &transport)],
+            ),
             &live,
             Unit::Ms,
             "median < 100 ms",
@@ -624,8 +677,9 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
         for stage in ["fetch", "materialize", "deploy", "reload"] {
             if let Some(mean) = stage_mean_ms(&before, &after, stage) {
                 report.single(
-                    &format!(
-                        "  of which `{stage}` stage, {transport} (gitreload's histogram, mean)"
+                    &figure(
+                        "  of which `{stage}` stage, {transport} (gitreload's histogram, mean)",
+                        &[("stage", &stage), ("transport", &transport)],
                     ),
                     mean,
                     Unit::Ms,
@@ -653,7 +707,10 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
         assert!(out.success(), "promtool rejected the benchmark config");
     }
     let promtool = report.sample(
-        "`promtool check config` on its own (the checker's time)",
+        &figure(
+            "`promtool check config` on its own (the checker's time)",
+            &[],
+        ),
         &promtool,
         Unit::Ms,
         "",
@@ -666,7 +723,10 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
     let (checked, _, _) = fleet.webhook_trials(&client, g, &base, 'c', plan.trials(10, 3));
     let budget = 100.0 + promtool.median;
     report.sample(
-        "push → live, webhook, `GITRELOAD_CHECK=prometheus`, smart HTTP",
+        &figure(
+            "push → live, webhook, `GITRELOAD_CHECK=prometheus`, smart HTTP",
+            &[],
+        ),
         &checked,
         Unit::Ms,
         &format!("median < 100 ms + promtool's median = {budget:.0} ms"),
@@ -690,7 +750,10 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
     }
     run.terminate();
     report.sample(
-        "push → live, polling `GITRELOAD_INTERVAL=1s`, no checker, smart HTTP",
+        &figure(
+            "push → live, polling `GITRELOAD_INTERVAL=1s`, no checker, smart HTTP",
+            &[],
+        ),
         &polling,
         Unit::Ms,
         "median < 700 ms",
@@ -707,7 +770,7 @@ fn push_to_live(plan: &Plan, report: &mut Report) {
         reloads.push(ms(began.elapsed()));
     }
     report.sample(
-        "Prometheus's own `POST /-/reload` (asked directly)",
+        &figure("Prometheus's own `POST /-/reload` (asked directly)", &[]),
         &reloads,
         Unit::Ms,
         "",
@@ -775,21 +838,30 @@ fn idle_cost(plan: &Plan, report: &mut Report) {
         let children = (cpu1.children_ticks - cpu0.children_ticks) as f64 * tick_ms;
         let threads = (cpu1.threads_ns.saturating_sub(cpu0.threads_ns)) as f64 / 1e6;
         report.single(
-            &format!("idle: CPU per no-change poll over {transport}, process + children (/proc/PID/stat, {n:.0} polls)"),
+            &figure(
+                "idle: CPU per no-change poll over {transport}, process + children (/proc/PID/stat, {polls} polls)",
+                &[("transport", &transport), ("polls", &format!("{n:.0}"))],
+            ),
             (own + children) / n,
             Unit::Ms,
             "< 2 ms",
             Some((own + children) / n < 2.0),
         );
         report.single(
-            &format!("  same, live threads' schedstat (ns resolution), {transport}"),
+            &figure(
+                "  same, live threads' schedstat (ns resolution), {transport}",
+                &[("transport", &transport)],
+            ),
             threads / n,
             Unit::Ms,
             "",
             None,
         );
         report.single(
-            &format!("  of which children (cutime+cstime), {transport}"),
+            &figure(
+                "  of which children (cutime+cstime), {transport}",
+                &[("transport", &transport)],
+            ),
             children / n,
             Unit::Ms,
             "",
@@ -798,8 +870,9 @@ fn idle_cost(plan: &Plan, report: &mut Report) {
 
         if let Some(fetch) = stage_mean_ms(&first, &last, "fetch") {
             report.single(
-                &format!(
-                    "  no-change fetch wall time over {transport} (gitreload's histogram, mean)"
+                &figure(
+                    "  no-change fetch wall time over {transport} (gitreload's histogram, mean)",
+                    &[("transport", &transport)],
                 ),
                 fetch,
                 Unit::Ms,
@@ -819,36 +892,52 @@ fn idle_cost(plan: &Plan, report: &mut Report) {
             unchanged_polls(&base)
         );
         report.single(
-            &format!("idle: resident memory after {long_polls:.0} polls, {transport} (VmRSS)"),
+            &figure(
+                "idle: resident memory after {polls} polls, {transport} (VmRSS)",
+                &[
+                    ("polls", &format!("{long_polls:.0}")),
+                    ("transport", &transport),
+                ],
+            ),
             rss,
             Unit::MiB,
             "< 10 MB",
             Some(rss * 1.048_576 < 10.0),
         );
         report.single(
-            &format!("  peak resident memory (VmHWM), {transport}"),
+            &figure(
+                "  peak resident memory (VmHWM), {transport}",
+                &[("transport", &transport)],
+            ),
             hwm,
             Unit::MiB,
             "",
             None,
         );
         report.single(
-            &format!("  of which anonymous (RssAnon: heap, stacks), {transport}"),
+            &figure(
+                "  of which anonymous (RssAnon: heap, stacks), {transport}",
+                &[("transport", &transport)],
+            ),
             status_mib(pid, "RssAnon"),
             Unit::MiB,
             "",
             None,
         );
         report.single(
-            &format!("  of which file-backed (RssFile: pages of the binary and libc), {transport}"),
+            &figure(
+                "  of which file-backed (RssFile: pages of the binary and libc), {transport}",
+                &[("transport", &transport)],
+            ),
             status_mib(pid, "RssFile"),
             Unit::MiB,
             "",
             None,
         );
         report.single(
-            &format!(
-                "  private to gitreload (USS: RSS less the pages it shares, such as libc's), {transport}"
+            &figure(
+                "  private to gitreload (USS: RSS less the pages it shares, such as libc's), {transport}",
+                &[("transport", &transport)],
             ),
             private_mib(pid),
             Unit::MiB,
@@ -981,7 +1070,10 @@ fn repo_size(plan: &Plan, report: &mut Report) {
         let first = scrape(&base);
         let label = format!("{files} files");
         report.single(
-            &format!("initial sync, {label}: start → last file on the destination"),
+            &figure(
+                "initial sync, {label}: start → last file on the destination",
+                &[("label", &label)],
+            ),
             initial,
             Unit::Ms,
             "",
@@ -989,7 +1081,10 @@ fn repo_size(plan: &Plan, report: &mut Report) {
         );
         for stage in ["fetch", "materialize", "deploy"] {
             report.single(
-                &format!("  `{stage}` stage, initial sync, {label}"),
+                &figure(
+                    "  `{stage}` stage, initial sync, {label}",
+                    &[("stage", &stage), ("label", &label)],
+                ),
                 stage_sum(&first, stage) * 1000.0,
                 Unit::Ms,
                 "",
@@ -1030,7 +1125,10 @@ fn repo_size(plan: &Plan, report: &mut Report) {
         }
         let big = files == 10_000;
         report.sample(
-            &format!("one-file change, {label}: push → file on the destination, no checker"),
+            &figure(
+                "one-file change, {label}: push → file on the destination, no checker",
+                &[("label", &label)],
+            ),
             &wall,
             Unit::Ms,
             if big { "median < 200 ms" } else { "" },
@@ -1043,7 +1141,10 @@ fn repo_size(plan: &Plan, report: &mut Report) {
                 ""
             };
             report.sample(
-                &format!("  `{stage}` stage, one-file change, {label}"),
+                &figure(
+                    "  `{stage}` stage, one-file change, {label}",
+                    &[("stage", &stage), ("label", &label)],
+                ),
                 &stages[stage],
                 Unit::Ms,
                 target,
@@ -1051,14 +1152,20 @@ fn repo_size(plan: &Plan, report: &mut Report) {
             );
         }
         report.sample(
-            &format!("  whole sync (gitreload_sync_duration_seconds), one-file change, {label}"),
+            &figure(
+                "  whole sync (gitreload_sync_duration_seconds), one-file change, {label}",
+                &[("label", &label)],
+            ),
             &stages["sync"],
             Unit::Ms,
             "",
             |_| true,
         );
         report.single(
-            &format!("  peak resident memory (VmHWM), {label}"),
+            &figure(
+                "  peak resident memory (VmHWM), {label}",
+                &[("label", &label)],
+            ),
             status_mib(run.pid(), "VmHWM"),
             Unit::MiB,
             "",
@@ -1274,14 +1381,20 @@ fn fan_out(plan: &Plan, report: &mut Report) {
             let base_median: f64 = healthy_100.unwrap_or(f64::NAN);
             let budget = base_median + 10.0;
             report.sample(
+                &figure(
                 "fan-out, 100 healthy + 1 hung target: file on disk → last healthy request arrives",
+                &[],
+            ),
                 &outside,
                 Unit::Ms,
                 &format!("median ≤ healthy-100 median + 10 ms = {budget:.0} ms"),
                 |s| s.median <= budget,
             );
             report.sample(
-                "  same, gitreload's logs: `config deployed` → last healthy `target reloaded`",
+                &figure(
+                    "  same, gitreload's logs: `config deployed` → last healthy `target reloaded`",
+                    &[],
+                ),
                 &logged,
                 Unit::Ms,
                 "",
@@ -1289,7 +1402,10 @@ fn fan_out(plan: &Plan, report: &mut Report) {
             );
         } else {
             let stats = report.sample(
-                &format!("fan-out, {n} healthy target(s): file on disk → last request arrives"),
+                &figure(
+                    "fan-out, {n} healthy target(s): file on disk → last request arrives",
+                    &[("n", &n)],
+                ),
                 &outside,
                 Unit::Ms,
                 if n == 100 { "median < 200 ms" } else { "" },
@@ -1299,7 +1415,10 @@ fn fan_out(plan: &Plan, report: &mut Report) {
                 healthy_100 = Some(stats.median);
             }
             report.sample(
-                &format!("  same, gitreload's logs: `config deployed` → `reload confirmed on every target`, {n}"),
+                &figure(
+                "  same, gitreload's logs: `config deployed` → `reload confirmed on every target`, {n}",
+                &[("n", &n)],
+            ),
                 &logged,
                 Unit::Ms,
                 "",

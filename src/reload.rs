@@ -6,6 +6,11 @@
 //! request concurrently, with the URL's Host header. The round is confirmed
 //! when every address of every URL answered 2xx.
 //!
+//! Every decision of a round (what is due, what an answer or a resolution
+//! changes, when a round is refused or confirmed, how long to back off) is
+//! made by the pure state machine in `round`, which returns what to do;
+//! the task here only resolves, sends, logs, counts and persists.
+//!
 //! Promises:
 //! - No target waits for another: requests run as independent tasks, each
 //!   bounded by the reload timeout (connect and response).
@@ -20,7 +25,6 @@
 //! - Resolution never caches answers: each resolution sees the current
 //!   replica set.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,12 +41,12 @@ use crate::metrics::{Metrics, Stage};
 use crate::redact::redact_url;
 use crate::state;
 
+mod round;
+
+use round::{Effect, Job, Rounds};
+
 /// Longest wait between two attempts at one target.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// First retry delay.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// How often names are re-resolved while a round is unconfirmed.
-const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of a failure response kept for the log.
 const BODY_EXCERPT: usize = 512;
 
@@ -188,6 +192,11 @@ impl Reloader {
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (refusal_tx, refusal_rx) = mpsc::unbounded_channel();
         let pending_record: Option<Record> = state::read(&config.state_file).ok().flatten();
+        let rounds = Rounds::new(
+            urls.len(),
+            config.attempts,
+            pending_record.as_ref().is_some_and(|r| r.confirmed),
+        );
         let task = Task {
             urls,
             config,
@@ -195,10 +204,8 @@ impl Reloader {
             resolver: Arc::new(resolver),
             client,
             progress: progress_tx,
-            round: None,
-            round_no: 0,
+            rounds,
             jobs: JoinSet::new(),
-            last_confirmed: pending_record.as_ref().is_some_and(|r| r.confirmed),
             refusals: refusal_tx,
         };
         tokio::spawn(task.run(rx));
@@ -287,45 +294,14 @@ fn build_resolver(server: Option<SocketAddr>) -> Result<hickory_resolver::TokioR
         .map_err(|e| format!("building the DNS resolver: {e}"))
 }
 
-/// Where one target (URL + address) stands in the current round.
-#[derive(Debug, Clone)]
-enum TargetState {
-    /// Next attempt due at `at`; `failures` so far.
-    Due {
-        at: Instant,
-        failures: u32,
-    },
-    InFlight {
-        failures: u32,
-    },
-    Confirmed,
-    GivenUp,
+/// Backoff before attempt `failures + 1`: doubling from one second, capped
+/// at [`MAX_BACKOFF`], with random jitter in the upper half so that
+/// replicas (and fetches) do not retry in lockstep.
+pub fn backoff(failures: u32) -> Duration {
+    round::backoff(failures, fastrand::f64())
 }
 
-#[derive(Debug)]
-struct UrlRound {
-    targets: BTreeMap<IpAddr, TargetState>,
-    /// Resolved at least once this round.
-    resolved: bool,
-    resolving: bool,
-    next_resolve: Instant,
-    resolve_failures: u32,
-    given_up: bool,
-}
-
-struct Round {
-    no: u64,
-    commit: String,
-    started: Instant,
-    urls: Vec<UrlRound>,
-    confirmed: bool,
-    /// The round before this one was confirmed everywhere.
-    previous_confirmed: bool,
-    /// First-attempt outcome per target: `Some(failure)` or `None` (ok).
-    first_outcomes: BTreeMap<(usize, IpAddr), Option<Failure>>,
-    refusal_sent: bool,
-}
-
+/// A finished job: what the task hands back to the round.
 enum Done {
     Resolved {
         round: u64,
@@ -341,6 +317,9 @@ enum Done {
     },
 }
 
+/// The reload task: runs the jobs [`Rounds`] asks for, and logs, counts
+/// and persists what its transitions report. Every decision is the
+/// round's.
 struct Task {
     urls: Vec<Url>,
     config: Config,
@@ -348,29 +327,19 @@ struct Task {
     resolver: Arc<hickory_resolver::TokioResolver>,
     client: Client<HttpConnector, Empty<Bytes>>,
     progress: watch::Sender<Progress>,
-    round: Option<Round>,
-    round_no: u64,
+    rounds: Rounds,
     jobs: JoinSet<Done>,
-    /// The last finished round was confirmed everywhere (from the state
-    /// file at start).
-    last_confirmed: bool,
     refusals: mpsc::UnboundedSender<Refusal>,
-}
-
-/// Backoff before attempt `failures + 1`: doubling from one second, capped,
-/// with jitter in the upper half so replicas do not retry in lockstep.
-pub fn backoff(failures: u32) -> Duration {
-    let base = FIRST_BACKOFF
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
-    base.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<String>) {
         loop {
             self.dispatch();
-            let wake = self.next_wake();
+            let wake = self
+                .rounds
+                .next_wake()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 commit = rx.recv() => match commit {
                     Some(commit) => self.start_round(commit),
@@ -387,36 +356,11 @@ impl Task {
     }
 
     fn start_round(&mut self, commit: String) {
-        self.round_no += 1;
-        let now = Instant::now();
-        if let Some(old) = &self.round {
-            if !old.confirmed {
-                tracing::info!(commit = %short(&old.commit), "pending reloads superseded by a newer deploy");
-            }
+        let started = self.rounds.start(commit.clone(), Instant::now());
+        if let Some(old) = started.superseded {
+            tracing::info!(commit = %short(&old), "pending reloads superseded by a newer deploy");
         }
-        let previous_confirmed = std::mem::replace(&mut self.last_confirmed, false);
         self.persist(&commit, false);
-        self.round = Some(Round {
-            no: self.round_no,
-            commit,
-            started: now,
-            urls: self
-                .urls
-                .iter()
-                .map(|_| UrlRound {
-                    targets: BTreeMap::new(),
-                    resolved: false,
-                    resolving: false,
-                    next_resolve: now,
-                    resolve_failures: 0,
-                    given_up: false,
-                })
-                .collect(),
-            confirmed: false,
-            previous_confirmed,
-            first_outcomes: BTreeMap::new(),
-            refusal_sent: false,
-        });
         self.publish();
     }
 
@@ -430,81 +374,43 @@ impl Task {
         }
     }
 
-    fn next_wake(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let Some(round) = &self.round else { return far };
-        if round.confirmed {
-            return far;
-        }
-        let mut wake = far;
-        for url in &round.urls {
-            if !url.resolving && !url.given_up {
-                wake = wake.min(url.next_resolve);
-            }
-            for state in url.targets.values() {
-                if let TargetState::Due { at, .. } = state {
-                    wake = wake.min(*at);
-                }
-            }
-        }
-        wake
-    }
-
     /// Starts every resolution and request that is due.
     fn dispatch(&mut self) {
-        let Some(round) = &mut self.round else { return };
-        if round.confirmed {
-            return;
-        }
-        let now = Instant::now();
-        let no = round.no;
-        let mut resolve_due = Vec::new();
-        let mut reload_due = Vec::new();
-        for (index, url_round) in round.urls.iter_mut().enumerate() {
-            if !url_round.resolving && !url_round.given_up && url_round.next_resolve <= now {
-                url_round.resolving = true;
-                resolve_due.push(index);
-            }
-            for (ip, state) in url_round.targets.iter_mut() {
-                if let TargetState::Due { at, failures } = *state {
-                    if at <= now {
-                        *state = TargetState::InFlight { failures };
-                        reload_due.push((index, *ip));
-                    }
+        for job in self.rounds.due(Instant::now()) {
+            match job {
+                Job::Resolve { round, url } => {
+                    let resolver = self.resolver.clone();
+                    let host = self.urls[url].host.clone();
+                    self.jobs.spawn(async move {
+                        Done::Resolved {
+                            round,
+                            url,
+                            result: resolve(&resolver, &host).await,
+                        }
+                    });
+                }
+                Job::Reload { round, url, ip } => {
+                    let request = self.request(url, ip);
+                    let timeout = self.config.timeout;
+                    self.jobs.spawn(async move {
+                        let started = Instant::now();
+                        let result = match tokio::time::timeout(timeout, request).await {
+                            Ok(r) => r,
+                            Err(_) => Err(Failure::Transport(format!(
+                                "no answer within {}",
+                                humantime::format_duration(timeout)
+                            ))),
+                        };
+                        Done::Reloaded {
+                            round,
+                            url,
+                            ip,
+                            result,
+                            elapsed: started.elapsed(),
+                        }
+                    });
                 }
             }
-        }
-        for index in resolve_due {
-            let resolver = self.resolver.clone();
-            let host = self.urls[index].host.clone();
-            self.jobs.spawn(async move {
-                Done::Resolved {
-                    round: no,
-                    url: index,
-                    result: resolve(&resolver, &host).await,
-                }
-            });
-        }
-        for (index, ip) in reload_due {
-            let request = self.request(index, ip);
-            let timeout = self.config.timeout;
-            self.jobs.spawn(async move {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, request).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::Transport(format!(
-                        "no answer within {}",
-                        humantime::format_duration(timeout)
-                    ))),
-                };
-                Done::Reloaded {
-                    round: no,
-                    url: index,
-                    ip,
-                    result,
-                    elapsed: started.elapsed(),
-                }
-            });
         }
     }
 
@@ -554,219 +460,142 @@ impl Task {
         }
     }
 
+    /// Hands a finished job to the round and carries out what it says.
     fn record(&mut self, done: Done) {
-        let Some(round) = &mut self.round else { return };
-        match done {
-            Done::Resolved {
-                round: no,
-                url,
-                result,
-            } => {
-                if no != round.no {
-                    return;
-                }
-                let label = &self.urls[url].label;
-                let url_round = &mut round.urls[url];
-                url_round.resolving = false;
-                match result {
-                    Ok(addresses) => {
-                        url_round.resolved = true;
-                        url_round.resolve_failures = 0;
-                        url_round.next_resolve = Instant::now() + RESOLVE_EVERY;
-                        self.metrics.set_targets(label, addresses.len());
-                        let gone: Vec<IpAddr> = url_round
-                            .targets
-                            .keys()
-                            .filter(|ip| !addresses.contains(ip))
-                            .copied()
-                            .collect();
-                        for ip in gone {
-                            let state = url_round.targets.remove(&ip);
-                            self.metrics.forget_target(label, &ip.to_string());
-                            if !matches!(state, Some(TargetState::Confirmed)) {
-                                tracing::info!(url = %label, target = %ip, "target left DNS; its pending reload is dropped");
-                            }
-                        }
-                        for ip in addresses {
-                            url_round.targets.entry(ip).or_insert_with(|| {
-                                self.metrics.set_pending(label, &ip.to_string(), true);
-                                TargetState::Due {
-                                    at: Instant::now(),
-                                    failures: 0,
-                                }
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        url_round.resolve_failures += 1;
-                        let delay = backoff(url_round.resolve_failures);
-                        url_round.next_resolve = Instant::now() + delay;
-                        let give_up = self.config.attempts.is_some_and(|limit| {
-                            url_round.resolve_failures >= limit && !url_round.resolved
-                        });
-                        url_round.given_up = give_up;
-                        tracing::warn!(
-                            url = %label,
-                            host = %self.urls[url].host,
-                            error = %error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            given_up = give_up,
-                            "cannot resolve reload target"
-                        );
-                    }
-                }
-            }
+        let (effects, elapsed) = match done {
+            Done::Resolved { round, url, result } => (
+                self.rounds
+                    .resolved(round, url, result, Instant::now(), fastrand::f64()),
+                Duration::ZERO,
+            ),
             Done::Reloaded {
-                round: no,
+                round,
                 url,
                 ip,
                 result,
                 elapsed,
             } => {
-                let label = &self.urls[url].label;
-                let target = ip.to_string();
-                self.metrics
-                    .reload_attempt(label, &target, result.is_ok(), elapsed);
-                if no != round.no {
-                    return;
-                }
-                let Some(state) = round.urls[url].targets.get_mut(&ip) else {
-                    return;
-                };
-                let failures = match state {
-                    TargetState::InFlight { failures } => *failures,
-                    _ => return,
-                };
-                if failures == 0 {
-                    round
-                        .first_outcomes
-                        .insert((url, ip), result.as_ref().err().cloned());
-                }
-                match result {
-                    Ok(status) => {
-                        *state = TargetState::Confirmed;
-                        self.metrics.set_pending(label, &target, false);
-                        tracing::info!(
-                            url = %label,
-                            target = %target,
-                            status = status,
-                            commit = %short(&round.commit),
-                            duration_ms = elapsed.as_millis() as u64,
-                            attempt = failures + 1,
-                            "target reloaded"
-                        );
-                    }
-                    Err(error) => {
-                        let failures = failures + 1;
-                        let give_up = self.config.attempts.is_some_and(|limit| failures >= limit);
-                        let delay = backoff(failures);
-                        *state = if give_up {
-                            TargetState::GivenUp
-                        } else {
-                            TargetState::Due {
-                                at: Instant::now() + delay,
-                                failures,
-                            }
-                        };
-                        tracing::warn!(
-                            url = %label,
-                            target = %target,
-                            error = %error,
-                            commit = %short(&round.commit),
-                            attempt = failures,
-                            retry_in_ms = if give_up { 0 } else { delay.as_millis() as u64 },
-                            given_up = give_up,
-                            "target reload failed"
-                        );
-                    }
-                }
+                // Every answer counts, even one for a superseded round.
+                self.metrics.reload_attempt(
+                    &self.urls[url].label,
+                    &ip.to_string(),
+                    result.is_ok(),
+                    elapsed,
+                );
+                let effects =
+                    self.rounds
+                        .reloaded(round, url, ip, result, Instant::now(), fastrand::f64());
+                (effects, elapsed)
             }
-        }
-        self.check_refused();
-        self.check_complete();
-    }
-
-    /// Sends a [`Refusal`] when every target of the round answered its
-    /// first request with a failure status and the previous config had been
-    /// accepted everywhere. One replica refusing while others accept is
-    /// not a refusal: it stays pending.
-    fn check_refused(&mut self) {
-        let Some(round) = &mut self.round else { return };
-        if round.refusal_sent || !round.previous_confirmed || round.confirmed {
-            return;
-        }
-        let all_resolved = round.urls.iter().all(|u| u.resolved);
-        let targets: Vec<(usize, IpAddr)> = round
-            .urls
-            .iter()
-            .enumerate()
-            .flat_map(|(i, u)| u.targets.keys().map(move |ip| (i, *ip)))
-            .collect();
-        if !all_resolved || targets.is_empty() {
-            return;
-        }
-        let mut refusal = None;
-        for key in &targets {
-            match round.first_outcomes.get(key) {
-                Some(Some(failure @ Failure::Status { .. })) => {
-                    refusal.get_or_insert((key.1, failure.to_string()));
-                }
-                // Not answered yet, accepted, or unreachable: no verdict.
-                _ => return,
-            }
-        }
-        if let Some((ip, error)) = refusal {
-            round.refusal_sent = true;
-            let _ = self.refusals.send(Refusal {
-                commit: round.commit.clone(),
-                target: ip.to_string(),
-                error,
-            });
-        }
-    }
-
-    fn check_complete(&mut self) {
-        let Some(round) = &mut self.round else { return };
-        if round.confirmed {
-            return;
-        }
-        let all_confirmed = round.urls.iter().all(|u| {
-            u.resolved
-                && u.targets
-                    .values()
-                    .all(|t| matches!(t, TargetState::Confirmed))
-        });
-        if all_confirmed {
-            round.confirmed = true;
-            let elapsed = round.started.elapsed();
-            self.metrics.stage(Stage::reload, elapsed);
-            tracing::info!(
-                commit = %short(&round.commit),
-                targets = round.urls.iter().map(|u| u.targets.len()).sum::<usize>() as u64,
-                duration_ms = elapsed.as_millis() as u64,
-                "reload confirmed on every target"
-            );
-            let commit = round.commit.clone();
-            self.last_confirmed = true;
-            self.persist(&commit, true);
+        };
+        for effect in effects {
+            self.apply(effect, elapsed);
         }
         self.publish();
     }
 
+    /// Logs, counts or persists one effect; `elapsed` is the duration of
+    /// the request that caused it.
+    fn apply(&self, effect: Effect, elapsed: Duration) {
+        let commit = short(self.rounds.commit().unwrap_or_default());
+        match effect {
+            Effect::Resolved { url, count } => {
+                self.metrics.set_targets(&self.urls[url].label, count);
+            }
+            Effect::Joined { url, ip } => {
+                self.metrics
+                    .set_pending(&self.urls[url].label, &ip.to_string(), true);
+            }
+            Effect::Left {
+                url,
+                ip,
+                was_pending,
+            } => {
+                let label = &self.urls[url].label;
+                self.metrics.forget_target(label, &ip.to_string());
+                if was_pending {
+                    tracing::info!(url = %label, target = %ip, "target left DNS; its pending reload is dropped");
+                }
+            }
+            Effect::ResolveFailed {
+                url,
+                error,
+                retry_in,
+                given_up,
+            } => {
+                tracing::warn!(
+                    url = %self.urls[url].label,
+                    host = %self.urls[url].host,
+                    error = %error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    given_up = given_up,
+                    "cannot resolve reload target"
+                );
+            }
+            Effect::Reloaded {
+                url,
+                ip,
+                status,
+                attempt,
+            } => {
+                let label = &self.urls[url].label;
+                self.metrics.set_pending(label, &ip.to_string(), false);
+                tracing::info!(
+                    url = %label,
+                    target = %ip,
+                    status = status,
+                    commit = %commit,
+                    duration_ms = elapsed.as_millis() as u64,
+                    attempt = attempt,
+                    "target reloaded"
+                );
+            }
+            Effect::ReloadFailed {
+                url,
+                ip,
+                error,
+                attempt,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    url = %self.urls[url].label,
+                    target = %ip,
+                    error = %error,
+                    commit = %commit,
+                    attempt = attempt,
+                    retry_in_ms = retry_in.map_or(0, |d| d.as_millis() as u64),
+                    given_up = retry_in.is_none(),
+                    "target reload failed"
+                );
+            }
+            Effect::Refused { ip, error } => {
+                let _ = self.refusals.send(Refusal {
+                    commit: self.rounds.commit().unwrap_or_default().to_string(),
+                    target: ip.to_string(),
+                    error,
+                });
+            }
+            Effect::Confirmed { targets, duration } => {
+                self.metrics.stage(Stage::reload, duration);
+                tracing::info!(
+                    commit = %commit,
+                    targets = targets as u64,
+                    duration_ms = duration.as_millis() as u64,
+                    "reload confirmed on every target"
+                );
+                self.persist(self.rounds.commit().unwrap_or_default(), true);
+            }
+        }
+    }
+
     fn publish(&self) {
-        let Some(round) = &self.round else { return };
-        let finished = round.confirmed
-            || round.urls.iter().all(|u| {
-                u.given_up
-                    || (u.resolved
-                        && u.targets
-                            .values()
-                            .all(|t| matches!(t, TargetState::Confirmed | TargetState::GivenUp)))
-            });
-        let _ = self.progress.send(Progress {
-            round: round.no,
-            confirmed: round.confirmed,
-            finished,
+        let Some(progress) = self.rounds.progress() else {
+            return;
+        };
+        self.progress.send_if_modified(|current| {
+            let changed = *current != progress;
+            *current = progress;
+            changed
         });
     }
 }

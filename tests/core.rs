@@ -8,18 +8,8 @@ use std::time::Duration;
 use support::sidecar::{invalid_prometheus_yml, prometheus_yml, Sidecar};
 use support::*;
 
-const T: Duration = Duration::from_secs(20);
-
-fn seeded() -> Sidecar {
-    let s = Sidecar::new();
-    s.upstream.write("prometheus.yml", prometheus_yml("one"));
-    s.upstream.write("rules/alerts.yml", "groups: []\n");
-    s.upstream.commit_and_push("first");
-    s
-}
-
 fn assert_deployed_once(s: &Sidecar, url: &str) {
-    let out = s.gitreload(url).arg("--once").run_once(T);
+    let out = s.gitreload(url).arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
     assert_eq!(s.dest_file("rules/alerts.yml"), "groups: []\n");
@@ -27,81 +17,78 @@ fn assert_deployed_once(s: &Sidecar, url: &str) {
 
 #[test]
 fn repo_served_by_git_daemon_is_cloned_and_deployed() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let daemon = GitDaemon::start(&s.upstream);
     assert_deployed_once(&s, &daemon.url());
 }
 
 #[test]
 fn repo_served_over_smart_http_is_cloned_and_deployed() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let http = SmartHttp::start(&s.upstream);
     assert_deployed_once(&s, &http.url());
 }
 
 #[test]
 fn file_url_and_plain_path_repos_are_cloned_and_deployed() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     assert_deployed_once(&s, &s.upstream.file_url());
-    let t = seeded();
+    let t = Sidecar::seeded_with_rules();
     assert_deployed_once(&t, t.upstream.bare_path().to_str().unwrap());
 }
 
 #[test]
 fn push_upstream_reaches_the_volume_within_one_interval() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let daemon = GitDaemon::start(&s.upstream);
     let mut run = s
         .gitreload(&daemon.url())
         .env("GITRELOAD_INTERVAL", "1s")
-        .spawn();
-    run.wait_for_event(T, "config deployed");
+        .spawn_deployed();
     let cursor = run.cursor();
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("second");
     let pushed = std::time::Instant::now();
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), WAIT);
     // One interval plus the time of one sync.
     assert!(
         pushed.elapsed() < Duration::from_millis(2500),
         "took {:?}",
         pushed.elapsed()
     );
-    run.wait_for_event_after(cursor, T, "config deployed");
+    run.wait_for_event_after(cursor, WAIT, "config deployed");
     assert!(run.terminate().success());
 }
 
 #[test]
 fn force_push_rewriting_history_is_followed() {
-    let s = seeded();
-    let mut run = s.gitreload_file().spawn();
-    run.wait_for_event(T, "config deployed");
+    let s = Sidecar::seeded_with_rules();
+    let mut run = s.gitreload_file().spawn_deployed();
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("second");
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), WAIT);
     // Rewrite: amend "second" into a different commit and force-push it.
     s.upstream
         .write("prometheus.yml", prometheus_yml("rewritten"));
     s.upstream
         .git(&["commit", "-q", "-a", "--amend", "-m", "rewritten"]);
     s.upstream.git(&["push", "-q", "--force", "origin", "main"]);
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("rewritten"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("rewritten"), WAIT);
     assert!(run.terminate().success());
 }
 
 #[test]
 fn force_pushing_an_older_commit_rolls_the_volume_back() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let first = s.upstream.head();
-    let mut run = s.gitreload_file().spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = s.gitreload_file().spawn_deployed();
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.write("rules/new.yml", "groups: []\n");
     s.upstream.commit_and_push("second");
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), WAIT);
     s.upstream.force_push_to(&first);
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("one"), T);
-    wait_until("rules/new.yml to be removed", T, || {
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("one"), WAIT);
+    wait_until("rules/new.yml to be removed", WAIT, || {
         !s.dest().join("rules/new.yml").exists()
     });
     assert!(run.terminate().success());
@@ -109,17 +96,16 @@ fn force_pushing_an_older_commit_rolls_the_volume_back() {
 
 #[test]
 fn invalid_prometheus_config_never_reaches_the_volume() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let mut run = s
         .gitreload_file()
         .env("GITRELOAD_CHECK", "prometheus")
-        .spawn();
-    run.wait_for_event(T, "config deployed");
+        .spawn_deployed();
     let before = std::fs::read(s.dest().join("prometheus.yml")).unwrap();
 
     s.upstream.write("prometheus.yml", invalid_prometheus_yml());
     let bad = s.upstream.commit_and_push("broken");
-    let rejected = run.wait_for_event_where(T, "the commit rejected by promtool", |v| {
+    let rejected = run.wait_for_event_where(WAIT, "the commit rejected by promtool", |v| {
         v["event"] == "commit rejected" && v["logger"] == "gitreload.check"
     });
     assert_eq!(rejected["commit"], bad[..7]);
@@ -144,19 +130,19 @@ fn invalid_prometheus_config_never_reaches_the_volume() {
 
     s.upstream.write("prometheus.yml", prometheus_yml("fixed"));
     s.upstream.commit_and_push("fixed");
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("fixed"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("fixed"), WAIT);
     assert!(run.terminate().success());
 }
 
 #[test]
 fn checker_that_hangs_is_killed_and_the_commit_rejected() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let out = s
         .gitreload_file()
         .env("GITRELOAD_CHECK", "sleep 30")
         .env("GITRELOAD_CHECK_TIMEOUT", "500ms")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stdout.contains("did not finish within 500ms"),
@@ -168,7 +154,7 @@ fn checker_that_hangs_is_killed_and_the_commit_rejected() {
 
 #[test]
 fn checker_runs_in_the_staging_directory_with_its_path_in_the_environment() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let seen = s.scratch().join("seen");
     let out = s
         .gitreload_file()
@@ -180,7 +166,7 @@ fn checker_runs_in_the_staging_directory_with_its_path_in_the_environment() {
             ),
         )
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     let staging = std::fs::read_to_string(&seen).unwrap();
     assert!(
@@ -195,14 +181,14 @@ fn checker_runs_in_the_staging_directory_with_its_path_in_the_environment() {
 
 #[test]
 fn two_same_size_changes_within_one_second_are_both_deployed() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     s.upstream.write("value.txt", "aaaa\n");
     s.upstream.commit_and_push("a");
     let mut run = s
         .gitreload_file()
         .env("GITRELOAD_INTERVAL", "100ms")
         .spawn();
-    s.wait_dest_file("value.txt", "aaaa\n", T);
+    s.wait_dest_file("value.txt", "aaaa\n", WAIT);
     let mtime = || {
         std::fs::metadata(s.dest().join("value.txt"))
             .unwrap()
@@ -212,18 +198,18 @@ fn two_same_size_changes_within_one_second_are_both_deployed() {
     let first_mtime = mtime();
     s.upstream.write("value.txt", "bbbb\n");
     s.upstream.commit_and_push("b");
-    s.wait_dest_file("value.txt", "bbbb\n", T);
+    s.wait_dest_file("value.txt", "bbbb\n", WAIT);
     // Same size again, and the file's mtime second may not even change.
     s.upstream.write("value.txt", "cccc\n");
     s.upstream.commit_and_push("c");
-    s.wait_dest_file("value.txt", "cccc\n", T);
+    s.wait_dest_file("value.txt", "cccc\n", WAIT);
     assert!(mtime().duration_since(first_mtime).unwrap() < Duration::from_secs(5));
     assert!(run.terminate().success());
 }
 
 #[test]
 fn removed_files_go_foreign_files_stay_and_dotfiles_never_appear() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     s.upstream.write(".gitignore", "*.tmp\n");
     s.upstream.write(".github/workflows/ci.yml", "on: push\n");
     s.upstream.write("rules/.hidden.yml", "x\n");
@@ -232,10 +218,10 @@ fn removed_files_go_foreign_files_stay_and_dotfiles_never_appear() {
     std::fs::create_dir_all(s.dest()).unwrap();
     std::fs::write(s.dest().join("foreign.txt"), "mine\n").unwrap();
     let mut run = s.gitreload_file().spawn();
-    s.wait_dest_file("old.yml", "old\n", T);
+    s.wait_dest_file("old.yml", "old\n", WAIT);
     s.upstream.remove("old.yml");
     s.upstream.commit_and_push("drop old");
-    wait_until("old.yml to be removed", T, || {
+    wait_until("old.yml to be removed", WAIT, || {
         !s.dest().join("old.yml").exists()
     });
     assert!(run.terminate().success());
@@ -252,11 +238,11 @@ fn removed_files_go_foreign_files_stay_and_dotfiles_never_appear() {
 
 #[test]
 fn exec_bits_and_inside_symlinks_are_kept() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     s.upstream.write_exec("hooks/run.sh", "#!/bin/sh\n");
     s.upstream.symlink("current.yml", "rules/alerts.yml");
     s.upstream.commit_and_push("exec and link");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(s.dest().join("hooks/run.sh"))
@@ -274,12 +260,12 @@ fn exec_bits_and_inside_symlinks_are_kept() {
 
 #[test]
 fn file_mode_setting_applies_to_created_files() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let out = s
         .gitreload_file()
         .env("GITRELOAD_FILE_MODE", "0640")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(s.dest().join("prometheus.yml"))
@@ -291,14 +277,14 @@ fn file_mode_setting_applies_to_created_files() {
 
 #[test]
 fn symlink_to_etc_passwd_rejects_the_commit_naming_the_path() {
-    let s = seeded();
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let s = Sidecar::seeded_with_rules();
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success());
     let before = s.dest_tree();
     s.upstream.symlink("rules/passwd.yml", "/etc/passwd");
     s.upstream.write("prometheus.yml", prometheus_yml("evil"));
     s.upstream.commit_and_push("escape");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     let rejected = out.events("commit rejected");
     assert_eq!(rejected.len(), 1, "{}", out.stdout);
@@ -316,7 +302,7 @@ fn symlink_to_etc_passwd_rejects_the_commit_naming_the_path() {
 
 #[test]
 fn ref_as_branch_tag_and_commit_id_each_deploy_the_right_content() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let first = s.upstream.head();
     s.upstream.tag("v1");
     s.upstream.git(&["push", "-q", "origin", "v1"]);
@@ -340,7 +326,7 @@ fn ref_as_branch_tag_and_commit_id_each_deploy_the_right_content() {
             .gitreload_file()
             .env("GITRELOAD_REF", reference)
             .arg("--once")
-            .run_once(T);
+            .run_once(WAIT);
         assert!(out.status.success(), "{reference}: {}", out.stdout);
         assert_eq!(
             s.dest_file("prometheus.yml"),
@@ -352,11 +338,11 @@ fn ref_as_branch_tag_and_commit_id_each_deploy_the_right_content() {
 
 #[test]
 fn default_ref_follows_the_remote_default_branch() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     s.upstream.write("prometheus.yml", prometheus_yml("other"));
     s.upstream.commit("other");
     s.upstream.push_branch("other");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
     assert_eq!(out.events("config deployed")[0]["ref"], "refs/heads/main");
@@ -364,12 +350,12 @@ fn default_ref_follows_the_remote_default_branch() {
 
 #[test]
 fn missing_ref_fails_with_its_name_in_the_error() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let out = s
         .gitreload_file()
         .env("GITRELOAD_REF", "no-such-branch")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1));
     let failed = out.events("fetch failed");
     assert_eq!(failed.len(), 1, "{}", out.stdout);
@@ -388,7 +374,7 @@ fn missing_ref_fails_with_its_name_in_the_error() {
         .gitreload_file()
         .env("GITRELOAD_REF", missing_commit)
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.contains(missing_commit), "{}", out.stdout);
 }
@@ -405,7 +391,7 @@ fn subdir_deploys_only_that_directory() {
         .gitreload_file()
         .env("GITRELOAD_SUBDIR", "prometheus")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     let names: Vec<String> = s.dest_tree().into_keys().collect();
     assert_eq!(names, ["prometheus.yml"]);
@@ -414,7 +400,7 @@ fn subdir_deploys_only_that_directory() {
         .gitreload_file()
         .env("GITRELOAD_SUBDIR", "nope")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stdout.contains("\\\"nope\\\" does not exist"),
@@ -425,62 +411,32 @@ fn subdir_deploys_only_that_directory() {
 
 #[test]
 fn bad_environment_exits_2_naming_the_variable_before_touching_anything() {
-    let s = seeded();
-    let url = s.upstream.file_url();
-    let dest = s.dest();
-    let state = s.state();
-    let base = |pairs: &[(&str, &str)]| {
-        let mut g = Gitreload::new();
-        for (k, v) in pairs {
-            g = g.env(k, v);
-        }
-        g
-    };
-    let dest_s = dest.to_str().unwrap();
-    let state_s = state.to_str().unwrap();
-    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (
-            vec![("GITRELOAD_DEST", dest_s), ("GITRELOAD_STATE_DIR", state_s)],
-            "GITRELOAD_REPO is not set",
-        ),
-        (
-            vec![("GITRELOAD_REPO", &url), ("GITRELOAD_STATE_DIR", state_s)],
-            "GITRELOAD_DEST is not set",
-        ),
-        (
-            vec![
-                ("GITRELOAD_REPO", &url),
-                ("GITRELOAD_DEST", dest_s),
-                ("GITRELOAD_STATE_DIR", state_s),
-                ("GITRELOAD_INTERVAL", "30"),
-            ],
-            "GITRELOAD_INTERVAL=\"30\": expected a duration such as 500ms, 30s or 5m",
-        ),
-        (
-            vec![
-                ("GITRELOAD_REPO", &url),
-                ("GITRELOAD_DEST", dest_s),
-                ("GITRELOAD_STATE_DIR", state_s),
-                ("GITRELOAD_REF", ""),
-            ],
-            "GITRELOAD_REF=\"\": empty",
-        ),
-    ];
-    for (vars, expected) in cases {
-        let out = base(&vars).run_once(T);
-        assert_eq!(out.status.code(), Some(2), "{vars:?}: {}", out.stderr);
-        assert_eq!(
-            out.stderr.lines().count(),
-            1,
-            "one line expected: {}",
-            out.stderr
-        );
-        assert!(out.stderr.contains(expected), "{vars:?}: {}", out.stderr);
-        assert!(
-            !dest.exists() && !state.exists(),
-            "{vars:?}: something was written"
-        );
-    }
+    // Which variables are refused, and with what words, is the parser's
+    // (tests/settings_errors.rs); here the binary's side of it.
+    let s = Sidecar::seeded_with_rules();
+    let out = Gitreload::new()
+        .env("GITRELOAD_REPO", s.upstream.file_url())
+        .env("GITRELOAD_DEST", s.dest())
+        .env("GITRELOAD_STATE_DIR", s.state())
+        .env("GITRELOAD_INTERVAL", "30")
+        .run_once(WAIT);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "one line expected: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("GITRELOAD_INTERVAL=\"30\": expected a duration such as 500ms, 30s or 5m"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !s.dest().exists() && !s.state().exists(),
+        "something was written"
+    );
 }
 
 #[test]
@@ -491,7 +447,7 @@ fn password_in_repo_url_is_never_printed_in_a_settings_error() {
             "https://user:hunter2-secret@127.0.0.1:1/x.git",
         )
         .env("GITRELOAD_DEST", "relative/dest")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.contains("GITRELOAD_DEST"), "{}", out.stderr);
     assert!(!out.stderr.contains("hunter2"));
@@ -499,14 +455,14 @@ fn password_in_repo_url_is_never_printed_in_a_settings_error() {
 
 #[test]
 fn legacy_cron_variables_are_accepted_with_a_deprecation_warning() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let out = Gitreload::new()
         .env("PROMETHEUS_CONFIG_REPO", s.upstream.file_url())
         .env("PROMETHEUS_CONFIG_DIR", s.dest())
         .env("GITRELOAD_STATE_DIR", s.state())
         .env("GITRELOAD_LISTEN", "off")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
     assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
     assert!(
@@ -519,8 +475,8 @@ fn legacy_cron_variables_are_accepted_with_a_deprecation_warning() {
 
 #[test]
 fn restart_neither_reclones_nor_rewrites_identical_files() {
-    let s = seeded();
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let s = Sidecar::seeded_with_rules();
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success());
     let inode = |p: &str| {
         use std::os::unix::fs::MetadataExt;
@@ -533,7 +489,7 @@ fn restart_neither_reclones_nor_rewrites_identical_files() {
             .ino()
     };
     let before = (inode("prometheus.yml"), inode("rules/alerts.yml"));
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success());
     assert!(out.events("config deployed").is_empty(), "{}", out.stdout);
     assert_eq!((inode("prometheus.yml"), inode("rules/alerts.yml")), before);
@@ -548,11 +504,11 @@ fn restart_neither_reclones_nor_rewrites_identical_files() {
 
 #[test]
 fn lost_state_dir_is_rebuilt_without_rewriting_a_matching_volume() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     assert!(s
         .gitreload_file()
         .arg("--once")
-        .run_once(T)
+        .run_once(WAIT)
         .status
         .success());
     let inode = || {
@@ -563,7 +519,7 @@ fn lost_state_dir_is_rebuilt_without_rewriting_a_matching_volume() {
     };
     let before = inode();
     std::fs::remove_dir_all(s.state()).unwrap();
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert_eq!(
         out.events("config deployed")[0]["files_written"],
@@ -627,9 +583,8 @@ fn kill9_during_a_large_deploy_is_completed_on_restart() {
 
 #[test]
 fn sigterm_stops_the_loop_cleanly() {
-    let s = seeded();
-    let mut run = s.gitreload_file().spawn();
-    run.wait_for_event(T, "config deployed");
+    let s = Sidecar::seeded_with_rules();
+    let mut run = s.gitreload_file().spawn_deployed();
     let status = run.terminate();
     assert!(status.success(), "{status:?}");
     assert!(run.count_events("stopped") == 1, "{}", run.output_tail(5));
@@ -637,12 +592,11 @@ fn sigterm_stops_the_loop_cleanly() {
 
 #[test]
 fn mirror_is_rebuilt_before_its_packs_pile_up() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let mut run = s
         .gitreload_file()
         .env("GITRELOAD_INTERVAL", "100ms")
-        .spawn();
-    run.wait_for_event(T, "config deployed");
+        .spawn_deployed();
     let packs = || {
         std::fs::read_dir(s.state().join("mirror.git/objects/pack"))
             .map(|d| {
@@ -657,7 +611,7 @@ fn mirror_is_rebuilt_before_its_packs_pile_up() {
     for i in 0..70 {
         s.upstream.write("counter.txt", format!("{i}\n"));
         s.upstream.commit_and_push(&format!("push {i}"));
-        s.wait_dest_file("counter.txt", &format!("{i}\n"), T);
+        s.wait_dest_file("counter.txt", &format!("{i}\n"), WAIT);
         most = most.max(packs());
     }
     assert!(most <= 65, "{most} packs accumulated");
@@ -672,10 +626,12 @@ fn mirror_is_rebuilt_before_its_packs_pile_up() {
 
 #[test]
 fn second_gitreload_on_the_same_state_dir_refuses_to_start() {
-    let s = seeded();
-    let mut first = s.gitreload_file().env("GITRELOAD_INTERVAL", "1h").spawn();
-    first.wait_for_event(T, "config deployed");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let s = Sidecar::seeded_with_rules();
+    let mut first = s
+        .gitreload_file()
+        .env("GITRELOAD_INTERVAL", "1h")
+        .spawn_deployed();
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stdout
@@ -687,7 +643,7 @@ fn second_gitreload_on_the_same_state_dir_refuses_to_start() {
     assert!(s
         .gitreload_file()
         .arg("--once")
-        .run_once(T)
+        .run_once(WAIT)
         .status
         .success());
 }
@@ -725,8 +681,7 @@ fn on_demand(s: &Sidecar, check: Option<&str>) -> (RunningGitreload, String) {
     if let Some(check) = check {
         g = g.env("GITRELOAD_CHECK", check);
     }
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let run = g.spawn_deployed();
     (run, format!("http://{listen}/sync"))
 }
 
@@ -734,7 +689,7 @@ fn sync_now(run: &mut RunningGitreload, url: &str, event: &str) -> serde_json::V
     let cursor = run.cursor();
     let (status, body) = http_post(url, &[], "");
     assert_eq!(status, 202, "{body}");
-    run.wait_for_event_after(cursor, T, event)
+    run.wait_for_event_after(cursor, WAIT, event)
 }
 
 #[test]
@@ -764,7 +719,7 @@ fn kept_staging_writes_only_what_changed_and_holds_exactly_the_new_tree() {
     s.upstream.commit_and_push("second");
     let cursor = run.cursor();
     sync_now(&mut run, &sync, "config deployed");
-    let staged = run.wait_for_event_after(cursor, T, "commit staged");
+    let staged = run.wait_for_event_after(cursor, WAIT, "commit staged");
     assert_eq!(staged["files"], 43, "{staged}");
     assert_eq!(staged["written"], 3, "{staged}");
 
@@ -787,8 +742,8 @@ fn kept_staging_writes_only_what_changed_and_holds_exactly_the_new_tree() {
 
 #[test]
 fn what_a_checker_leaves_in_staging_is_cleared_before_the_next_check() {
-    let s = seeded();
-    let first = s.gitreload_file().arg("--once").run_once(T);
+    let s = Sidecar::seeded_with_rules();
+    let first = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(first.status.success(), "{}", first.stdout);
     // Fails if it meets its own traces from the check before.
     let checker = "if [ -e stray.yml ] || grep -q tampered rules/alerts.yml; then \
@@ -814,8 +769,8 @@ fn what_a_checker_leaves_in_staging_is_cleared_before_the_next_check() {
 
 #[test]
 fn checker_that_edits_a_staged_file_cannot_change_what_is_deployed() {
-    let s = seeded();
-    let first = s.gitreload_file().arg("--once").run_once(T);
+    let s = Sidecar::seeded_with_rules();
+    let first = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(first.status.success(), "{}", first.stdout);
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("second");
@@ -823,7 +778,7 @@ fn checker_that_edits_a_staged_file_cannot_change_what_is_deployed() {
         .gitreload_file()
         .env("GITRELOAD_CHECK", "echo '# tampered' >> prometheus.yml")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stdout.contains("changed after it was staged"),
@@ -840,7 +795,7 @@ fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_fil
     s.upstream.write("conf/a.yml", "a\n");
     s.upstream.write("local/b.yml", "b\n");
     s.upstream.commit_and_push("directories");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     std::fs::write(s.dest().join("local/mine.yml"), "not gitreload's\n").unwrap();
 
@@ -848,7 +803,7 @@ fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_fil
     s.upstream.remove("conf");
     s.upstream.write("conf", "now a file\n");
     s.upstream.commit_and_push("conf is a file");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert_eq!(s.dest_file("conf"), "now a file\n");
 
@@ -857,7 +812,7 @@ fn directory_turned_file_replaces_ours_but_never_a_directory_holding_foreign_fil
     s.upstream.remove("local");
     s.upstream.write("local", "now a file\n");
     s.upstream.commit_and_push("local is a file");
-    let out = s.gitreload_file().arg("--once").run_once(T);
+    let out = s.gitreload_file().arg("--once").run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(out.stdout.contains("remove it by hand"), "{}", out.stdout);
     assert_eq!(s.dest_file("local/b.yml"), "b\n");
@@ -875,10 +830,10 @@ fn polling_fast(s: &Sidecar, url: &str) -> RunningGitreload {
 
 #[test]
 fn polls_over_smart_http_keep_one_connection_alive() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let http = SmartHttp::start(&s.upstream);
     let mut run = polling_fast(&s, &http.url());
-    run.wait_for_event_count(T, "no change", 6);
+    run.wait_for_event_count(WAIT, "no change", 6);
     let polls: Vec<String> = http
         .requests()
         .into_iter()
@@ -898,9 +853,9 @@ fn polls_over_smart_http_keep_one_connection_alive() {
 
 #[test]
 fn repo_that_moved_is_followed_through_its_redirect() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let http = SmartHttp::start(&s.upstream);
-    let out = s.gitreload(&http.moved_url()).arg("--once").run_once(T);
+    let out = s.gitreload(&http.moved_url()).arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert_eq!(s.dest_file("prometheus.yml"), prometheus_yml("one"));
     let requests = http.requests();
@@ -923,12 +878,12 @@ fn repo_that_moved_is_followed_through_its_redirect() {
     );
 
     // Through two redirects, the fetch still lands where the repository is.
-    let t = seeded();
+    let t = Sidecar::seeded_with_rules();
     let http = SmartHttp::start(&t.upstream);
     let out = t
         .gitreload(&http.moved_twice_url())
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert_eq!(t.dest_file("prometheus.yml"), prometheus_yml("one"));
     let requests = http.requests();
@@ -964,14 +919,14 @@ fn mtimes(root: &std::path::Path) -> std::collections::BTreeMap<String, std::tim
 
 #[test]
 fn no_change_polls_leave_the_mirror_untouched() {
-    let s = seeded();
+    let s = Sidecar::seeded_with_rules();
     let daemon = GitDaemon::start(&s.upstream);
     let mut run = polling_fast(&s, &daemon.url());
-    run.wait_for_event_count(T, "no change", 2);
+    run.wait_for_event_count(WAIT, "no change", 2);
     let mirror = s.state().join("mirror.git");
     let before = mtimes(&mirror);
     let polls = run.count_events("no change");
-    run.wait_for_event_count(T, "no change", polls + 5);
+    run.wait_for_event_count(WAIT, "no change", polls + 5);
     assert_eq!(
         mtimes(&mirror),
         before,
@@ -981,6 +936,6 @@ fn no_change_polls_leave_the_mirror_untouched() {
     // A push is still fetched.
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("second");
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), WAIT);
     assert!(run.terminate().success());
 }

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use support::sidecar::{invalid_prometheus_yml, prometheus_yml, Sidecar};
 use support::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// One cron job: its clone, the volume it writes, and where it reloads.
 struct Cron {
     sidecar: Sidecar,
@@ -74,13 +72,13 @@ fn fastrand_id() -> u128 {
 #[test]
 fn cron_script_publishes_an_invalid_config_and_reports_success() {
     let cron = Cron::new(&["127.0.0.60"]);
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     let prom = Prometheus::start_on("127.0.0.60", cron.port, &cron.sidecar.dest());
     cron.sidecar
         .upstream
         .write("prometheus.yml", invalid_prometheus_yml());
     cron.sidecar.upstream.commit_and_push("broken");
-    let (status, output) = cron.run(T).unwrap();
+    let (status, output) = cron.run(WAIT).unwrap();
     assert!(status.success(), "{output}");
     assert!(output.contains("config synced"), "{output}");
     assert_eq!(
@@ -102,7 +100,7 @@ fn cron_script_never_updates_again_after_a_force_push() {
         .upstream
         .write("prometheus.yml", prometheus_yml("two"));
     cron.sidecar.upstream.commit_and_push("two");
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     // Upstream rewrites history, then moves on.
     cron.sidecar.upstream.force_push_to(&first);
     cron.sidecar
@@ -110,7 +108,7 @@ fn cron_script_never_updates_again_after_a_force_push() {
         .write("prometheus.yml", prometheus_yml("three"));
     cron.sidecar.upstream.commit_and_push("three");
     for _ in 0..3 {
-        let (status, _) = cron.run(T).unwrap();
+        let (status, _) = cron.run(WAIT).unwrap();
         assert!(status.success(), "and it still reports success");
     }
     assert_eq!(
@@ -123,7 +121,7 @@ fn cron_script_never_updates_again_after_a_force_push() {
 #[test]
 fn cron_script_skips_a_same_size_change_within_one_second() {
     let cron = Cron::new(&["127.0.0.62"]);
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     // Two same-size versions synced within one wall-clock second; retry a
     // few times in case a second boundary falls between them.
     let mut skipped = false;
@@ -135,12 +133,12 @@ fn cron_script_skips_a_same_size_change_within_one_second() {
             .upstream
             .write("value.txt", format!("a{attempt}a\n"));
         cron.sidecar.upstream.commit_and_push("a");
-        assert!(cron.run(T).unwrap().0.success());
+        assert!(cron.run(WAIT).unwrap().0.success());
         cron.sidecar
             .upstream
             .write("value.txt", format!("b{attempt}b\n"));
         cron.sidecar.upstream.commit_and_push("b");
-        assert!(cron.run(T).unwrap().0.success());
+        assert!(cron.run(WAIT).unwrap().0.success());
         if started.elapsed() < Duration::from_millis(900) {
             skipped = cron.sidecar.dest_file("value.txt") == format!("a{attempt}a\n");
             break;
@@ -152,7 +150,7 @@ fn cron_script_skips_a_same_size_change_within_one_second() {
 #[test]
 fn cron_script_blocks_on_a_hung_replica_and_never_retries_a_down_one() {
     let cron = Cron::new(&["127.0.0.63", "127.0.0.64"]);
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     let mut proms = [
         Prometheus::start_on("127.0.0.63", cron.port, &cron.sidecar.dest()),
         Prometheus::start_on("127.0.0.64", cron.port, &cron.sidecar.dest()),
@@ -163,10 +161,10 @@ fn cron_script_blocks_on_a_hung_replica_and_never_retries_a_down_one() {
         .upstream
         .write("prometheus.yml", prometheus_yml("two"));
     cron.sidecar.upstream.commit_and_push("two");
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     proms[1].restart();
     let reloads_before = proms[1].metric("prometheus_config_last_reload_success_timestamp_seconds");
-    assert!(cron.run(T).unwrap().0.success());
+    assert!(cron.run(WAIT).unwrap().0.success());
     assert_eq!(
         proms[1].metric("prometheus_config_last_reload_success_timestamp_seconds"),
         reloads_before,

@@ -119,6 +119,93 @@ fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
     &rest[..end]
 }
 
+/// The figure templates of benches/pipeline.rs (its `FIGURES` list), after
+/// checking that every row the bench reports is named through that list.
+fn bench_figures(source: &str) -> Vec<String> {
+    for call in [".sample(", ".single("] {
+        for (at, _) in source.match_indices(call) {
+            assert!(
+                source[at + call.len()..]
+                    .trim_start()
+                    .starts_with("&figure("),
+                "a bench row not named through FIGURES: {}",
+                &source[at..(at + 120).min(source.len())]
+            );
+        }
+    }
+    let start = source
+        .find("const FIGURES: &[&str] = &[\n")
+        .expect("benches/pipeline.rs has no FIGURES list");
+    let list = &source[start..];
+    let list = &list[..list.find("\n];").expect("FIGURES is not closed")];
+    let figures: Vec<String> = list
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.trim()
+                .strip_prefix('"')
+                .and_then(|l| l.strip_suffix("\","))
+                .unwrap_or_else(|| panic!("not a plain string in FIGURES: {l}"))
+                .to_string()
+        })
+        .collect();
+    assert!(figures.len() > 10, "{figures:?}");
+    for (at, _) in source.match_indices("&figure(") {
+        let named = source[at + "&figure(".len()..]
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|rest| rest.split('"').next())
+            .expect("a figure named by a string literal");
+        assert!(
+            figures.iter().any(|f| f == named),
+            "the bench names a row {named:?} that FIGURES does not list"
+        );
+    }
+    figures
+}
+
+/// The first cell of a table row, as the bench printed it (`| {figure} |`).
+fn figure_name(row: &str) -> &str {
+    let cells = row.strip_prefix("| ").expect("a table row");
+    &cells[..cells.find(" | ").expect("a table row")]
+}
+
+/// `name` is `template` with each `{part}` filled in by some non-empty text
+/// without `|`.
+fn names_figure(template: &str, name: &str) -> bool {
+    let mut literals = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        literals.push(&rest[..open]);
+        let close = rest[open..].find('}').expect("an unclosed {part}") + open;
+        rest = &rest[close + 1..];
+    }
+    literals.push(rest);
+    let Some(mut tail) = name.strip_prefix(literals[0]) else {
+        return false;
+    };
+    let hole = |text: &str| !text.is_empty() && !text.contains('|');
+    let (last, middle) = literals[1..].split_last().unwrap_or((&"", &[]));
+    if literals.len() == 1 {
+        return tail.is_empty();
+    }
+    for literal in middle {
+        // A part fills at least one character before the next literal.
+        let Some(first) = tail.chars().next() else {
+            return false;
+        };
+        let skip = first.len_utf8();
+        let Some(at) = tail[skip..].find(literal).map(|i| i + skip) else {
+            return false;
+        };
+        if !hole(&tail[..at]) {
+            return false;
+        }
+        tail = &tail[at + literal.len()..];
+    }
+    tail.len() > last.len() && tail.ends_with(last) && hole(&tail[..tail.len() - last.len()])
+}
+
 #[test]
 fn readme_benchmark_table_is_the_bench_output_with_a_verdict_for_every_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -151,6 +238,22 @@ fn readme_benchmark_table_is_the_bench_output_with_a_verdict_for_every_target() 
         .skip(2)
         .take_while(|l| l.starts_with('|'))
         .collect();
+    // Row names: every row of README's table is a figure the bench names,
+    // and every figure it names has a row.
+    let figures = bench_figures(&source);
+    for row in &rows {
+        let name = figure_name(row);
+        assert!(
+            figures.iter().any(|t| names_figure(t, name)),
+            "README's row {name:?} is not a figure the bench prints"
+        );
+    }
+    for template in &figures {
+        assert!(
+            rows.iter().any(|r| names_figure(template, figure_name(r))),
+            "README has no row for the bench's figure {template:?}"
+        );
+    }
     for target in [
         "median < 100 ms",
         "median < 100 ms + promtool",

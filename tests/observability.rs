@@ -7,25 +7,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use support::sidecar::{prometheus_yml, Sidecar};
 use support::*;
-
-const T: Duration = Duration::from_secs(30);
 
 /// gitreload with its HTTP server on a free loopback port.
 fn with_server(g: Gitreload) -> (Gitreload, String) {
     let addr = free_addr("127.0.0.1");
     (g.env("GITRELOAD_LISTEN", &addr), format!("http://{addr}"))
-}
-
-fn seeded() -> Sidecar {
-    let s = Sidecar::new();
-    s.upstream.write("prometheus.yml", prometheus_yml("one"));
-    s.upstream.commit_and_push("one");
-    s
 }
 
 /// The value of one exact series (`name{labels}`) in a text exposition.
@@ -88,15 +77,9 @@ fn sync_count(base: &str) -> f64 {
     .sum()
 }
 
-fn signature(secret: &str, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[test]
 fn every_log_line_is_structlog_json_with_the_four_keys_first() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::write(dir.path().join("prometheus.yml"), prometheus_yml("zero")).unwrap();
     let prom = Prometheus::start("127.0.0.30", dir.path());
@@ -106,10 +89,10 @@ fn every_log_line_is_structlog_json_with_the_four_keys_first() {
             .env("GITRELOAD_CHECK", "prometheus"),
     );
     let mut run = g.spawn();
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     http_get(&format!("{base}/readyz"));
     http_get(&format!("{base}/nope"));
-    run.wait_for_event_count(T, "request", 2);
+    run.wait_for_event_count(WAIT, "request", 2);
     assert!(run.terminate().success());
 
     let timestamp = |t: &str| {
@@ -170,12 +153,12 @@ fn every_log_line_is_structlog_json_with_the_four_keys_first() {
 
 #[test]
 fn text_log_format_is_for_terminals() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let out = s
         .gitreload_file()
         .env("GITRELOAD_LOG_FORMAT", "text")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success());
     assert!(out.stdout.contains("config deployed"));
     assert!(serde_json::from_str::<Value>(out.stdout.lines().next().unwrap()).is_err());
@@ -183,26 +166,49 @@ fn text_log_format_is_for_terminals() {
 
 #[test]
 fn no_change_poll_is_debug_only() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let out = s
         .gitreload_file()
         .env("GITRELOAD_LOG_LEVEL", "info")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success());
-    let out = s
-        .gitreload_file()
-        .env("GITRELOAD_LOG_LEVEL", "info")
-        .arg("--once")
-        .run_once(T);
-    assert!(out.status.success());
-    assert!(out.events("no change").is_empty(), "{}", out.stdout);
-    assert!(out.json_lines().iter().all(|v| v["level"] != "debug"));
+    assert_eq!(out.events("config deployed").len(), 1, "{}", out.stdout);
+
+    // The same commit again: this run's polls all take the no-change path,
+    // as its own sync counter shows, and say nothing at info level.
+    let (g, base) = with_server(s.gitreload_file().env("GITRELOAD_LOG_LEVEL", "info"));
+    let mut run = g.spawn();
+    let metrics = || {
+        try_http_get(&format!("{base}/metrics"))
+            .map(|(_, text)| text)
+            .unwrap_or_default()
+    };
+    let series = |text: &str, result: &str| {
+        sample(
+            text,
+            &format!("gitreload_sync_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    wait_until("two no-change polls", WAIT, || {
+        series(&metrics(), "unchanged") >= 2.0
+    });
+    let text = metrics();
+    assert_eq!(series(&text, "deployed"), 0.0, "{text}");
+    assert!(run.terminate().success());
+    assert!(
+        run.events("no change").is_empty(),
+        "{}",
+        run.output_tail(20)
+    );
+    assert!(run.events("config deployed").is_empty());
+    assert!(run.json_lines().iter().all(|v| v["level"] != "debug"));
 }
 
 #[test]
 fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let first = s.upstream.head();
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::write(dir.path().join("prometheus.yml"), prometheus_yml("zero")).unwrap();
@@ -214,7 +220,7 @@ fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
             .env("GITRELOAD_CHECK", "! grep -q broken prometheus.yml"),
     );
     let mut run = g.spawn();
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     let text = scrape(&base);
     assert_eq!(
         sample(&text, "gitreload_sync_total{result=\"deployed\"}"),
@@ -259,9 +265,9 @@ fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
 
     s.upstream.write("prometheus.yml", "broken\n");
     let bad = s.upstream.commit_and_push("broken");
-    run.wait_for_event(T, "commit rejected");
+    run.wait_for_event(WAIT, "commit rejected");
     // The counter is bumped when the sync ends, just after the log line.
-    wait_until("the rejection to be counted", T, || {
+    wait_until("the rejection to be counted", WAIT, || {
         sample(
             &scrape(&base),
             "gitreload_sync_total{result=\"check_failed\"}",
@@ -289,7 +295,7 @@ fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
     prom.stop();
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     let good = s.upstream.commit_and_push("good");
-    run.wait_for_event_where(T, "a failed reload", |v| {
+    run.wait_for_event_where(WAIT, "a failed reload", |v| {
         v["event"] == "target reload failed"
     });
     let text = scrape(&base);
@@ -335,10 +341,9 @@ fn scrape_shows_deploys_rejections_and_failed_reloads_and_passes_promtool() {
 
 #[test]
 fn openmetrics_is_served_to_scrapers_that_ask_for_it() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let (g, base) = with_server(s.gitreload_file());
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     let response = http_client()
         .get(format!("{base}/metrics"))
         .header(
@@ -357,7 +362,7 @@ fn openmetrics_is_served_to_scrapers_that_ask_for_it() {
 
 #[test]
 fn readyz_follows_first_sync_and_git_server_outages() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let mut daemon = GitDaemon::start(&s.upstream);
     let (g, base) = with_server(
         s.gitreload(&daemon.url())
@@ -365,19 +370,19 @@ fn readyz_follows_first_sync_and_git_server_outages() {
             .env("GITRELOAD_STALE_AFTER", "1500ms"),
     );
     let mut run = g.spawn();
-    wait_until("the server to answer", T, || {
+    wait_until("the server to answer", WAIT, || {
         try_http_get(&format!("{base}/readyz")).is_ok()
     });
     let (status, body) = http_get(&format!("{base}/readyz"));
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no validated config deployed yet"));
     assert_eq!(http_get(&format!("{base}/healthz")).0, 200);
-    wait_until("readyz 200 after the first sync", T, || {
+    wait_until("readyz 200 after the first sync", WAIT, || {
         http_get(&format!("{base}/readyz")).0 == 200
     });
 
     daemon.stop();
-    wait_until("readyz 503 once stale", T, || {
+    wait_until("readyz 503 once stale", WAIT, || {
         http_get(&format!("{base}/readyz")).0 == 503
     });
     assert!(http_get(&format!("{base}/readyz"))
@@ -389,7 +394,7 @@ fn readyz_follows_first_sync_and_git_server_outages() {
         "an outage is not a wedged loop"
     );
     daemon.restart();
-    wait_until("readyz 200 after the server returns", T, || {
+    wait_until("readyz 200 after the server returns", WAIT, || {
         http_get(&format!("{base}/readyz")).0 == 200
     });
     assert!(run.count_events("fetch failed") >= 1);
@@ -398,15 +403,14 @@ fn readyz_follows_first_sync_and_git_server_outages() {
 
 #[test]
 fn signed_webhook_syncs_now_and_bad_requests_are_refused() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let secret = "webhook-secret-value";
     let (g, base) = with_server(
         s.gitreload_file()
             .env("GITRELOAD_INTERVAL", "1h")
             .env("GITRELOAD_WEBHOOK_SECRET", secret),
     );
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("two");
 
@@ -416,7 +420,10 @@ fn signed_webhook_syncs_now_and_bad_requests_are_refused() {
         http_post(&sync, &[], body),
         http_post(
             &sync,
-            &[("X-Hub-Signature-256", &signature("wrong", body))],
+            &[(
+                "X-Hub-Signature-256",
+                &webhook_signature(b"wrong", body.as_bytes()),
+            )],
             body,
         ),
         http_post(&sync, &[("X-Hub-Signature-256", "sha256=zz")], body),
@@ -446,7 +453,10 @@ fn signed_webhook_syncs_now_and_bad_requests_are_refused() {
 
     let (status, _) = http_post(
         &sync,
-        &[("X-Hub-Signature-256", &signature(secret, body))],
+        &[(
+            "X-Hub-Signature-256",
+            &webhook_signature(secret.as_bytes(), body.as_bytes()),
+        )],
         body,
     );
     assert_eq!(status, 202);
@@ -470,7 +480,7 @@ fn signed_webhook_syncs_now_and_bad_requests_are_refused() {
 
 #[test]
 fn webhook_secret_can_come_from_a_file() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let file = s.scratch().join("secret");
     std::fs::write(&file, "from-a-file\n").unwrap();
     let (g, base) = with_server(
@@ -478,8 +488,7 @@ fn webhook_secret_can_come_from_a_file() {
             .env("GITRELOAD_INTERVAL", "1h")
             .env("GITRELOAD_WEBHOOK_SECRET_FILE", &file),
     );
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     let sync = format!("{base}/sync");
     assert_eq!(
         http_post(&sync, &[("X-Gitlab-Token", "from-a-file")], "").0,
@@ -494,14 +503,13 @@ fn webhook_secret_can_come_from_a_file() {
 
 #[test]
 fn hundred_concurrent_webhooks_cause_at_most_two_syncs_and_metrics_stay_responsive() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let (g, base) = with_server(
         s.gitreload_file()
             .env("GITRELOAD_INTERVAL", "1h")
             .env("GITRELOAD_CHECK", "sleep 1"),
     );
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     let before = sync_count(&base);
     s.upstream.write("prometheus.yml", prometheus_yml("two"));
     s.upstream.commit_and_push("two");
@@ -523,7 +531,7 @@ fn hundred_concurrent_webhooks_cause_at_most_two_syncs_and_metrics_stay_responsi
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
-    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), T);
+    s.wait_dest_file("prometheus.yml", &prometheus_yml("two"), WAIT);
     // Let any coalesced sync finish, then count.
     std::thread::sleep(Duration::from_millis(2500));
     let syncs = sync_count(&base) - before;
@@ -536,10 +544,9 @@ fn hundred_concurrent_webhooks_cause_at_most_two_syncs_and_metrics_stay_responsi
 
 #[test]
 fn oversized_webhook_body_is_refused() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let (g, base) = with_server(s.gitreload_file().env("GITRELOAD_INTERVAL", "1h"));
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     let big = "x".repeat(2 << 20);
     let (status, _) = http_post(&format!("{base}/sync"), &[], &big);
     assert_eq!(status, 413);
@@ -548,10 +555,9 @@ fn oversized_webhook_body_is_refused() {
 
 #[test]
 fn unknown_paths_are_404_and_wrong_methods_405() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let (g, base) = with_server(s.gitreload_file());
-    let mut run = g.spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = g.spawn_deployed();
     assert_eq!(http_get(&format!("{base}/nope")).0, 404);
     assert_eq!(http_get(&format!("{base}/sync")).0, 405);
     assert_eq!(http_post(&format!("{base}/metrics"), &[], "").0, 405);
@@ -560,15 +566,17 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
 
 #[test]
 fn healthcheck_subcommand_exits_0_when_ready_and_1_otherwise() {
-    let s = seeded();
+    let s = Sidecar::seeded();
     let addr = free_addr("127.0.0.1");
-    let mut run = s.gitreload_file().env("GITRELOAD_LISTEN", &addr).spawn();
-    run.wait_for_event(T, "config deployed");
+    let mut run = s
+        .gitreload_file()
+        .env("GITRELOAD_LISTEN", &addr)
+        .spawn_deployed();
     let check = |listen: &str| {
         Gitreload::new()
             .env("GITRELOAD_LISTEN", listen)
             .arg("healthcheck")
-            .run_once(T)
+            .run_once(WAIT)
             .status
             .code()
     };
@@ -590,13 +598,13 @@ fn readyz_stays_503_while_the_only_commit_is_rejected() {
     s.upstream.commit_and_push("broken");
     let (g, base) = with_server(s.gitreload_file().env("GITRELOAD_CHECK", "prometheus"));
     let mut run = g.spawn();
-    run.wait_for_event(T, "commit rejected");
-    run.wait_for_event(T, "newest commit is still the rejected one");
+    run.wait_for_event(WAIT, "commit rejected");
+    run.wait_for_event(WAIT, "newest commit is still the rejected one");
     let (status, body) = http_get(&format!("{base}/readyz"));
     assert_eq!(status, 503, "ready with nothing deployed: {body}");
     s.upstream.write("prometheus.yml", prometheus_yml("good"));
     s.upstream.commit_and_push("good");
-    wait_until("ready once a good commit is live", T, || {
+    wait_until("ready once a good commit is live", WAIT, || {
         http_get(&format!("{base}/readyz")).0 == 200
     });
     assert!(run.terminate().success());

@@ -2,12 +2,13 @@
 //! parser, the webhook signature check and the path rules of materialize.
 //! Each property runs a fixed number of cases, so CI time stays bounded.
 
+mod support;
+
 use ::gitreload::http::authorized;
 use ::gitreload::materialize::{check_link, checked_path, is_hidden};
 use ::gitreload::settings::{Settings, VARIABLES};
-use hmac::{Hmac, Mac};
 use proptest::prelude::*;
-use sha2::Sha256;
+use support::webhook_signature;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -17,10 +18,30 @@ fn config() -> ProptestConfig {
     }
 }
 
-fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+/// One path component and whether it is a plain name the destination
+/// filesystem holds (the oracle for `checked_path`, stated independently).
+fn path_component() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let plain = |s: String| (s.into_bytes(), true);
+    let bad = |s: String| (s.into_bytes(), false);
+    prop_oneof![
+        8 => "[a-zA-Z0-9_-][a-zA-Z0-9_.-]{0,30}".prop_map(plain),
+        2 => "\\.[a-z0-9_-][a-z0-9_.-]{0,7}".prop_map(plain),
+        1 => "\\.\\.[a-z0-9.]{1,4}".prop_map(plain),
+        2 => "[äöüß日本é][a-z]{0,6}".prop_map(plain),
+        1 => Just("x".repeat(255)).prop_map(plain),
+        1 => Just(String::new()).prop_map(bad),
+        1 => Just(".".to_string()).prop_map(bad),
+        1 => Just("..".to_string()).prop_map(bad),
+        1 => "[a-z]{0,3}\\x00[a-z]{0,3}".prop_map(bad),
+        1 => (256usize..300).prop_map(move |n| bad("y".repeat(n))),
+        // A lone continuation byte: never valid UTF-8.
+        1 => ("[a-z]{0,3}", 0x80u8..0xC0, "[a-z]{0,3}").prop_map(|(a, b, c)| {
+            let mut bytes = a.into_bytes();
+            bytes.push(b);
+            bytes.extend(c.into_bytes());
+            (bytes, false)
+        }),
+    ]
 }
 
 proptest! {
@@ -59,7 +80,7 @@ proptest! {
         flip in any::<usize>(),
         token in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
-        let good = sign(&secret, &body);
+        let good = webhook_signature(&secret, &body);
         prop_assert!(authorized(&secret, &body, Some(&good), None));
         prop_assert!(authorized(&secret, &body, None, Some(&secret)));
         prop_assert!(!authorized(&secret, &body, None, None));
@@ -78,10 +99,24 @@ proptest! {
         }
     }
 
-    /// Accepted tree paths are plain relative names the filesystem holds.
+    /// Accepted tree paths are plain relative names the filesystem holds:
+    /// path-like names built from plain components are accepted as they
+    /// are, and one bad component (empty, `.`, `..`, a NUL, longer than 255
+    /// bytes, broken UTF-8) anywhere gets the whole path refused.
     #[test]
-    fn accepted_paths_are_plain_relative_names(path in proptest::collection::vec(any::<u8>(), 0..300)) {
-        if let Ok(text) = checked_path(&path) {
+    fn accepted_paths_are_plain_relative_names(
+        parts in proptest::collection::vec(path_component(), 1..6),
+    ) {
+        let path: Vec<u8> = parts
+            .iter()
+            .map(|(bytes, _)| bytes.clone())
+            .collect::<Vec<_>>()
+            .join(&b'/');
+        let plain = parts.iter().all(|(_, plain)| *plain);
+        let result = checked_path(&path);
+        prop_assert_eq!(result.is_ok(), plain, "{:?} -> {:?}", String::from_utf8_lossy(&path), result);
+        if let Ok(text) = result {
+            prop_assert_eq!(text.as_bytes(), &path[..]);
             prop_assert!(!text.starts_with('/'));
             for c in text.split('/') {
                 prop_assert!(!c.is_empty() && c != "." && c != "..");
@@ -122,10 +157,29 @@ proptest! {
         }
     }
 
-    /// Hidden means some component starts with a dot, nothing else.
+    /// Hidden means some component starts with a dot, nothing else. The
+    /// oracle reads the text as a whole: a dot at the very start or right
+    /// after a slash.
     #[test]
     fn hidden_is_a_leading_dot_in_any_component(parts in proptest::collection::vec("[.a-z]{1,5}", 1..5)) {
         let path = parts.join("/");
-        prop_assert_eq!(is_hidden(&path), parts.iter().any(|p| p.starts_with('.')));
+        let leading_dot = path.starts_with('.') || path.contains("/.");
+        prop_assert_eq!(is_hidden(&path), leading_dot, "{}", path);
+    }
+}
+
+#[test]
+fn hidden_paths_by_example() {
+    for hidden in [
+        ".git",
+        ".github/workflows/ci.yml",
+        "rules/.hidden.yml",
+        "a/.b/c",
+        "./x",
+    ] {
+        assert!(is_hidden(hidden), "{hidden}");
+    }
+    for shown in ["prometheus.yml", "rules/a.yml", "a.b/c.d", "x./y", "a/b."] {
+        assert!(!is_hidden(shown), "{shown}");
     }
 }

@@ -10,8 +10,6 @@ use serde_json::Value;
 use support::sidecar::{invalid_prometheus_yml, prometheus_yml, Sidecar};
 use support::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// Two Prometheus replicas of `tasks.prometheus` on `ips`, sharing a port,
 /// reading the sidecar's destination, with a DNS server naming them.
 struct Fleet {
@@ -28,7 +26,7 @@ impl Fleet {
             .upstream
             .write("prometheus.yml", prometheus_yml("one"));
         sidecar.upstream.commit_and_push("one");
-        let out = sidecar.gitreload_file().arg("--once").run_once(T);
+        let out = sidecar.gitreload_file().arg("--once").run_once(WAIT);
         assert!(out.status.success(), "{}", out.stdout);
         let Replicas { proms, port, dns } =
             Replicas::start("tasks.prometheus", &ips, &sidecar.dest());
@@ -67,7 +65,7 @@ fn serves(app: &Prometheus, marker: &str) -> bool {
 fn wait_serves(app: &Prometheus, marker: &str) {
     wait_until_or(
         &format!("Prometheus {} to serve marker {marker}", app.addr()),
-        T,
+        WAIT,
         || serves(app, marker),
         || app.log_tail(20),
     );
@@ -93,7 +91,7 @@ fn every_replica_of_prometheus_and_alertmanager_serves_the_new_config() {
     assert!(s
         .gitreload_file()
         .arg("--once")
-        .run_once(T)
+        .run_once(WAIT)
         .status
         .success());
 
@@ -136,7 +134,7 @@ fn every_replica_of_prometheus_and_alertmanager_serves_the_new_config() {
     for am in &ams {
         wait_until_or(
             &format!("Alertmanager {} to serve receiver r-two", am.addr()),
-            T,
+            WAIT,
             || am.config().contains("r-two"),
             || am.log_tail(20),
         );
@@ -145,7 +143,7 @@ fn every_replica_of_prometheus_and_alertmanager_serves_the_new_config() {
         assert!(p.last_reload_successful());
         assert!(p.last_reload_success_timestamp() >= before);
     }
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     let reloaded: std::collections::BTreeSet<String> = run
         .events("target reloaded")
         .iter()
@@ -165,14 +163,14 @@ fn stopped_replica_is_reloaded_once_it_is_back_and_then_left_alone() {
     f.proms[1].stop();
     f.push("two");
     wait_serves(&f.proms[0], "two");
-    run.wait_for_event_where(T, "a failed reload of the stopped replica", |v| {
+    run.wait_for_event_where(WAIT, "a failed reload of the stopped replica", |v| {
         is_event_for(v, "target reload failed", "127.0.0.7")
     });
     f.proms[1].restart();
-    run.wait_for_event_where(T, "the returned replica reloaded", |v| {
+    run.wait_for_event_where(WAIT, "the returned replica reloaded", |v| {
         is_event_for(v, "target reloaded", "127.0.0.7")
     });
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     wait_serves(&f.proms[1], "two");
     let failures = run.count_events("target reload failed");
     std::thread::sleep(Duration::from_secs(3));
@@ -190,8 +188,8 @@ fn hung_replica_does_not_delay_the_other_and_is_reloaded_after_sigcont() {
     let mut run = f.gitreload().spawn();
     f.proms[1].sigstop();
     f.push("two");
-    let deployed = run.wait_for_event(T, "config deployed");
-    let healthy = run.wait_for_event_where(T, "the healthy replica reloaded", |v| {
+    let deployed = run.wait_for_event(WAIT, "config deployed");
+    let healthy = run.wait_for_event_where(WAIT, "the healthy replica reloaded", |v| {
         is_event_for(v, "target reloaded", "127.0.0.8")
     });
     let delay = timestamp(&healthy)
@@ -202,7 +200,7 @@ fn hung_replica_does_not_delay_the_other_and_is_reloaded_after_sigcont() {
         "healthy replica waited {delay:?}"
     );
     assert!(serves(&f.proms[0], "two"));
-    let hung = run.wait_for_event_where(T, "the hung replica to time out", |v| {
+    let hung = run.wait_for_event_where(WAIT, "the hung replica to time out", |v| {
         is_event_for(v, "target reload failed", "127.0.0.9")
     });
     assert!(
@@ -213,7 +211,7 @@ fn hung_replica_does_not_delay_the_other_and_is_reloaded_after_sigcont() {
         "{hung}"
     );
     f.proms[1].sigcont();
-    run.wait_for_event_where(T, "the resumed replica reloaded", |v| {
+    run.wait_for_event_where(WAIT, "the resumed replica reloaded", |v| {
         is_event_for(v, "target reloaded", "127.0.0.9")
     });
     wait_serves(&f.proms[1], "two");
@@ -227,7 +225,7 @@ fn replica_added_to_dns_gets_the_next_reload_and_removed_one_is_dropped() {
     let mut run = f.gitreload().spawn();
     f.push("two");
     wait_serves(&f.proms[0], "two");
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     assert!(
         !serves(&f.proms[1], "two"),
         "a replica outside DNS was reloaded"
@@ -246,15 +244,15 @@ fn replica_added_to_dns_gets_the_next_reload_and_removed_one_is_dropped() {
     let cursor = run.cursor();
     f.push("four");
     wait_serves(&f.proms[1], "four");
-    run.wait_for_event_where(T, "the hung replica to fail", |v| {
+    run.wait_for_event_where(WAIT, "the hung replica to fail", |v| {
         is_event_for(v, "target reload failed", "127.0.0.10")
     });
     f.dns.set_records(&[("tasks.prometheus", "127.0.0.11")]);
-    run.wait_for_event_where(T, "the pending reload to be dropped", |v| {
+    run.wait_for_event_where(WAIT, "the pending reload to be dropped", |v| {
         v["event"] == "target left DNS; its pending reload is dropped"
             && v["target"] == "127.0.0.10"
     });
-    run.wait_for_event_after(cursor, T, "reload confirmed on every target");
+    run.wait_for_event_after(cursor, WAIT, "reload confirmed on every target");
     let attempts = || {
         run.json_lines()
             .iter()
@@ -275,7 +273,6 @@ fn replica_added_to_dns_gets_the_next_reload_and_removed_one_is_dropped() {
 #[test]
 fn target_answering_500_is_retried_with_growing_delays() {
     let f = Fleet::new(["127.0.0.12", "127.0.0.13"]);
-    f.dns.server();
     // No checker: Prometheus itself refuses the config with a 500.
     let mut run = f.gitreload().spawn();
     f.sidecar
@@ -312,7 +309,7 @@ fn nxdomain_for_one_url_does_not_stop_the_other() {
     f.push("two");
     wait_serves(&f.proms[0], "two");
     wait_serves(&f.proms[1], "two");
-    let unresolved = run.wait_for_event(T, "cannot resolve reload target");
+    let unresolved = run.wait_for_event(WAIT, "cannot resolve reload target");
     assert_eq!(unresolved["host"], "tasks.missing");
     assert!(run.terminate().success());
 }
@@ -321,7 +318,7 @@ fn nxdomain_for_one_url_does_not_stop_the_other() {
 fn once_mode_exits_0_only_when_every_target_confirmed() {
     let mut f = Fleet::new(["127.0.0.16", "127.0.0.17"]);
     f.push("two");
-    let out = f.gitreload().arg("--once").run_once(T);
+    let out = f.gitreload().arg("--once").run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert!(serves(&f.proms[0], "two") && serves(&f.proms[1], "two"));
 
@@ -331,7 +328,7 @@ fn once_mode_exits_0_only_when_every_target_confirmed() {
         .gitreload()
         .env("GITRELOAD_RELOAD_ATTEMPTS", "2")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(serves(&f.proms[0], "three"));
     assert!(out.stdout.contains("not every target confirmed the reload"));
@@ -350,10 +347,10 @@ fn restart_resends_an_unconfirmed_round_and_nothing_after_a_confirmed_one() {
     let before = f.proms[0].last_reload_success_timestamp();
     let mut run = f.gitreload().spawn();
     run.wait_for_event(
-        T,
+        WAIT,
         "reload of the last deploy was not confirmed before restart; reloading all targets",
     );
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     assert!(
         f.proms[0].last_reload_success_timestamp() > before,
         "the confirmed replica was not reloaded again"
@@ -366,7 +363,7 @@ fn restart_resends_an_unconfirmed_round_and_nothing_after_a_confirmed_one() {
         .map(|p| p.last_reload_success_timestamp())
         .collect();
     let mut run = f.gitreload().spawn();
-    run.wait_for_event(T, "no change");
+    run.wait_for_event(WAIT, "no change");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(run.count_events("target reloaded"), 0);
     let after: Vec<f64> = f
@@ -390,7 +387,7 @@ fn legacy_cron_reload_variables_become_one_target() {
         .env("PROMETHEUS_PORT", f.port.to_string())
         .env("PROMETHEUS_NOTIFY_PATH", "/-/reload")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}", out.stdout);
     assert!(
         out.stdout

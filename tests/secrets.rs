@@ -14,8 +14,6 @@ use std::time::Duration;
 use support::sidecar::{invalid_prometheus_yml, prometheus_yml, Sidecar};
 use support::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// Distinctive secrets: if these bytes show up anywhere, something leaked.
 const SLACK_TOKEN: &str = "gitreload-slack-token-3f9c1e7a0b";
 const SMTP_PASSWORD: &str = "gitreload-smtp-password-8d2b64c1";
@@ -200,8 +198,7 @@ impl Secured {
     /// reason containing each of `reason`, and that the destination stays
     /// exactly as it was.
     fn assert_rejected(&self, bad: impl FnOnce(&Secured), path: &str, reason: &[&str]) {
-        let mut run = self.gitreload().spawn();
-        run.wait_for_event(T, "config deployed");
+        let mut run = self.gitreload().spawn_deployed();
         let before = self.s.dest_tree();
         assert_eq!(
             before["alertmanager.yml"],
@@ -209,7 +206,7 @@ impl Secured {
         );
         bad(self);
         let bad_commit = self.s.upstream.commit_and_push("bad");
-        let rejected = run.wait_for_event_where(T, "the bad commit rejected", |v| {
+        let rejected = run.wait_for_event_where(WAIT, "the bad commit rejected", |v| {
             v["event"] == "commit rejected" && v["logger"] == "gitreload.materialize"
         });
         assert_eq!(rejected["commit"], bad_commit[..7], "{rejected}");
@@ -244,7 +241,7 @@ impl Secured {
 fn encrypted_alertmanager_config_is_served_by_both_replicas_and_its_plaintext_leaks_nowhere() {
     let sec = Secured::new();
     let s = &sec.s;
-    let once = sec.gitreload().arg("--once").run_once(T);
+    let once = sec.gitreload().arg("--once").run_once(WAIT);
     assert!(once.status.success(), "{}\n{}", once.stdout, once.stderr);
     let deployed = s.dest().join("alertmanager.yml");
     assert_eq!(
@@ -284,13 +281,13 @@ fn encrypted_alertmanager_config_is_served_by_both_replicas_and_its_plaintext_le
     for am in &ams {
         wait_until_or(
             &format!("Alertmanager {} to serve receiver r-two", am.addr()),
-            T,
+            WAIT,
             || am.config().contains("r-two"),
             || am.log_tail(20),
         );
         assert!(am.last_reload_successful());
     }
-    run.wait_for_event(T, "reload confirmed on every target");
+    run.wait_for_event(WAIT, "reload confirmed on every target");
     assert_eq!(
         s.dest_file("alertmanager.yml"),
         am_yml_deployed("r-two", &sec.password_file)
@@ -347,10 +344,10 @@ fn encrypted_alertmanager_config_is_served_by_both_replicas_and_its_plaintext_le
 #[test]
 fn rotated_secret_reaches_the_volume_when_gitreload_restarts_on_the_same_commit() {
     let sec = Secured::new();
-    let first = sec.gitreload().arg("--once").run_once(T);
+    let first = sec.gitreload().arg("--once").run_once(WAIT);
     assert!(first.status.success(), "{}", first.stdout);
     std::fs::write(&sec.password_file, "rotated-password-value\n").unwrap();
-    let second = sec.gitreload().arg("--once").run_once(T);
+    let second = sec.gitreload().arg("--once").run_once(WAIT);
     assert!(second.status.success(), "{}", second.stdout);
     let deployed = sec.s.dest_file("alertmanager.yml");
     assert!(
@@ -426,7 +423,7 @@ fn encrypted_file_without_identity_is_rejected_naming_the_file_and_the_variable(
         .gitreload_file()
         .env("GITRELOAD_EXPAND", "alertmanager.yml")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     let rejected = out.events("commit rejected");
     assert_eq!(rejected.len(), 1, "{}", out.stdout);
@@ -449,7 +446,7 @@ fn plain_and_encrypted_twins_are_rejected_naming_both() {
         .upstream
         .write("alertmanager.yml", "route:\n  receiver: plain\n");
     sec.s.upstream.commit_and_push("twins");
-    let out = sec.gitreload().arg("--once").run_once(T);
+    let out = sec.gitreload().arg("--once").run_once(WAIT);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     let rejected = out.events("commit rejected");
     assert_eq!(rejected.len(), 1, "{}", out.stdout);
@@ -483,7 +480,7 @@ fn substituted_file_gets_the_secret_mode_and_other_dollars_stay_as_written() {
         .env("GITRELOAD_SECRET_FILE_MODE", "0600")
         .env("GITRELOAD_CHECK", "prometheus")
         .arg("--once")
-        .run_once(T);
+        .run_once(WAIT);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let deployed = s.dest_file("prometheus.yml");
     assert!(
@@ -513,20 +510,21 @@ fn unreadable_identity_file_is_a_settings_error_that_never_shows_the_content() {
         "# comment\nAGE-SECRET-KEY-NOT-REALLY-secret-line-77\n",
     )
     .unwrap();
-    for path in [bad.clone(), s.scratch().join("absent")] {
-        let out = s
-            .gitreload_file()
-            .env("GITRELOAD_AGE_IDENTITY_FILE", &path)
-            .run_once(T);
-        assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
-        assert!(
-            out.stderr.contains("GITRELOAD_AGE_IDENTITY_FILE"),
-            "{}",
-            out.stderr
-        );
-        assert!(!out.stderr.contains("secret-line-77"), "{}", out.stderr);
-        assert!(!out.stdout.contains("secret-line-77"), "{}", out.stdout);
-    }
+    // A missing file is refused the same way by the parser
+    // (tests/settings_errors.rs); here the binary's side of one that has
+    // content to leak.
+    let out = s
+        .gitreload_file()
+        .env("GITRELOAD_AGE_IDENTITY_FILE", &bad)
+        .run_once(WAIT);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("GITRELOAD_AGE_IDENTITY_FILE"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("secret-line-77"), "{}", out.stderr);
+    assert!(!out.stdout.contains("secret-line-77"), "{}", out.stdout);
 }
 
 // ---------------------------------------------------------------------------
@@ -538,7 +536,7 @@ fn validate(dir: &Path, envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         g = g.env(k, v);
     }
-    g.run_once(T)
+    g.run_once(WAIT)
 }
 
 #[test]
@@ -691,24 +689,281 @@ fn pre_push_hook_refuses_a_commit_the_sidecar_would_reject() {
     assert_eq!(up.remote_head("main").as_deref(), Some(good.as_str()));
 }
 
-#[test]
-fn config_repo_ci_example_runs_gitreload_validate_for_each_deployed_directory() {
+/// Stands in for `docker run [opts] IMAGE ARGS...` of a gitreload image:
+/// runs the gitreload binary under test with the `-e` variables, `-v`
+/// mounts mapped back to the host paths, and the `GITRELOAD_CHECK` the
+/// image variant sets (docker/Dockerfile). Unknown options or images fail,
+/// so the example cannot drift from what this stand-in understands.
+const DOCKER_STAND_IN: &str = r#"#!/bin/bash
+set -euo pipefail
+[ "${1:-}" = run ] || { echo "docker stand-in: only 'run' is known: $*" >&2; exit 125; }
+shift
+envs=() mounts=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rm) shift ;;
+    --network) [ "$2" = none ] || { echo "docker stand-in: network $2" >&2; exit 125; }; shift 2 ;;
+    --user) shift 2 ;;
+    -e) envs+=("$2"); shift 2 ;;
+    -v) mounts+=("$2"); shift 2 ;;
+    -*) echo "docker stand-in: unknown option $1" >&2; exit 125 ;;
+    *) break ;;
+  esac
+done
+case "$1" in
+  gitreload:prometheus) check=prometheus ;;
+  gitreload:alertmanager) check=alertmanager ;;
+  *) echo "docker stand-in: unknown image $1" >&2; exit 125 ;;
+esac
+shift
+host_path() {
+  local value=$1 mount src dst
+  for mount in "${mounts[@]}"; do
+    IFS=: read -r src dst _ <<<"$mount"
+    [ "$value" = "$dst" ] && { printf '%s' "$src"; return; }
+  done
+  printf '%s' "$value"
+}
+vars=()
+for kv in "${envs[@]}"; do vars+=("${kv%%=*}=$(host_path "${kv#*=}")"); done
+args=()
+for a in "$@"; do args+=("$(host_path "$a")"); done
+printf '%s\n' "$*" >>"$DOCKER_STAND_IN_LOG"
+exec env -i PATH="$PATH" GITRELOAD_CHECK="$check" "${vars[@]}" "$GITRELOAD_BINARY" "${args[@]}"
+"#;
+
+/// What one matrix entry of the example workflow did.
+struct CiRun {
+    /// Exit code of each `run:` step, by step name.
+    steps: Vec<(String, Option<i32>)>,
+    output: String,
+}
+
+impl CiRun {
+    fn code(&self, step_prefix: &str) -> Option<i32> {
+        self.steps
+            .iter()
+            .find(|(name, _)| name.starts_with(step_prefix))
+            .unwrap_or_else(|| panic!("no step {step_prefix:?} in {:?}", self.steps))
+            .1
+    }
+}
+
+/// Runs the `run:` steps of deploy/config-repo-ci.yml's validate job for
+/// every matrix entry, as GitHub Actions would (`bash -eo pipefail`, the
+/// step's `env:`, `${{ matrix.* }}` and `${{ secrets.* }}` filled in, steps
+/// after a failure skipped unless `if: always()`), with `checkout` as the
+/// workspace and `docker` standing in for the image. Returns each entry's
+/// subdir and what its steps did.
+fn run_ci_example(checkout: &Path, identity_secret: &str) -> Vec<(String, CiRun)> {
     let text = std::fs::read_to_string(example("config-repo-ci.yml")).unwrap();
     let ci: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let job = &ci["jobs"]["validate"];
     let matrix = job["strategy"]["matrix"]["include"].as_sequence().unwrap();
     assert!(!matrix.is_empty());
+    let tools = tempfile::TempDir::new().unwrap();
+    let docker = tools.path().join("bin/docker");
+    std::fs::create_dir_all(docker.parent().unwrap()).unwrap();
+    std::fs::write(&docker, DOCKER_STAND_IN).unwrap();
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        docker.parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut runs = Vec::new();
     for entry in matrix {
-        assert!(entry["subdir"].as_str().is_some_and(|s| !s.is_empty()));
-        assert!(entry["image"].as_str().is_some());
+        let subdir = entry["subdir"].as_str().unwrap().to_string();
+        let fill = |text: &str| -> String {
+            let mut out = String::new();
+            let mut rest = text;
+            while let Some(start) = rest.find("${{") {
+                out.push_str(&rest[..start]);
+                let end = rest[start..].find("}}").expect("unclosed ${{") + start;
+                let expr = rest[start + 3..end].trim();
+                let value = match expr.split_once('.') {
+                    Some(("matrix", key)) => entry[key]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("matrix has no {key}"))
+                        .to_string(),
+                    Some(("secrets", "GITRELOAD_AGE_IDENTITY")) => identity_secret.to_string(),
+                    _ => panic!("expression the test does not know: {expr}"),
+                };
+                out.push_str(&value);
+                rest = &rest[end + 2..];
+            }
+            out + rest
+        };
+        let runner_temp = tools.path().join(format!("runner-temp-{subdir}"));
+        std::fs::create_dir_all(&runner_temp).unwrap();
+        let mut run = CiRun {
+            steps: Vec::new(),
+            output: String::new(),
+        };
+        let mut failed = false;
+        for step in job["steps"].as_sequence().unwrap() {
+            let Some(script) = step["run"].as_str() else {
+                assert!(
+                    step["uses"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("actions/checkout@")),
+                    "a step the test cannot play: {step:?}"
+                );
+                continue;
+            };
+            match step["if"].as_str() {
+                None if failed => continue,
+                None => {}
+                Some("always()") => {}
+                Some(other) => panic!("condition the test does not know: {other}"),
+            }
+            let name = fill(step["name"].as_str().unwrap_or(script));
+            let mut cmd = clean_command("bash");
+            cmd.args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+                .arg(fill(script))
+                .current_dir(checkout)
+                .env("PATH", &path)
+                .env("RUNNER_TEMP", &runner_temp)
+                .env("GITHUB_WORKSPACE", checkout)
+                .env("GITRELOAD_BINARY", Gitreload::binary())
+                .env("DOCKER_STAND_IN_LOG", tools.path().join("docker.log"));
+            if let Some(env) = step["env"].as_mapping() {
+                for (k, v) in env {
+                    cmd.env(k.as_str().unwrap(), fill(v.as_str().unwrap()));
+                }
+            }
+            let out = cmd.output().unwrap();
+            run.output.push_str(&String::from_utf8_lossy(&out.stdout));
+            run.output.push_str(&String::from_utf8_lossy(&out.stderr));
+            failed |= !out.status.success();
+            run.steps.push((name, out.status.code()));
+        }
+        assert!(
+            !runner_temp.join("age").exists(),
+            "the identity outlived the job"
+        );
+        runs.push((subdir, run));
     }
-    let run: String = job["steps"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["run"].as_str())
-        .collect();
-    assert!(run.contains("validate /config"), "{run}");
-    assert!(run.contains("GITRELOAD_SUBDIR"), "{run}");
-    assert!(run.contains("GITRELOAD_AGE_IDENTITY_FILE"), "{run}");
+    runs
+}
+
+#[test]
+fn config_repo_ci_example_runs_gitreload_validate_for_each_deployed_directory() {
+    let up = Upstream::new();
+    let keys = Keys::new(up.base_dir());
+    up.write("prometheus/prometheus.yml", prometheus_yml("ci"));
+    up.write(
+        "alertmanager/alertmanager.yml",
+        "route:\n  receiver: team\nreceivers:\n  - name: team\n",
+    );
+    let by_subdir = |runs: Vec<(String, CiRun)>| -> std::collections::BTreeMap<String, CiRun> {
+        runs.into_iter().collect()
+    };
+
+    // Both directories valid: every entry passes, each checked by its own
+    // image's checker below its own subdir.
+    let runs = by_subdir(run_ci_example(up.work_path(), ""));
+    assert_eq!(
+        runs.keys().collect::<Vec<_>>(),
+        ["alertmanager", "prometheus"]
+    );
+    for (subdir, run) in &runs {
+        assert_eq!(
+            run.code("gitreload validate"),
+            Some(0),
+            "{subdir}: {}",
+            run.output
+        );
+        // One file: the entry validated its own directory, not the checkout.
+        let checker = match subdir.as_str() {
+            "prometheus" => "promtool check config prometheus.yml",
+            _ => "amtool check-config alertmanager.yml",
+        };
+        assert!(
+            run.output.contains(&format!("valid (1 files, {checker})")),
+            "{subdir}: {}",
+            run.output
+        );
+    }
+    assert!(
+        runs["prometheus"].output.contains("SUCCESS"),
+        "{}",
+        runs["prometheus"].output
+    );
+
+    // A broken Prometheus config fails the prometheus entry only, with
+    // promtool's reason.
+    up.write("prometheus/prometheus.yml", invalid_prometheus_yml());
+    let runs = by_subdir(run_ci_example(up.work_path(), ""));
+    let prometheus = &runs["prometheus"];
+    assert_eq!(
+        prometheus.code("gitreload validate"),
+        Some(1),
+        "{}",
+        prometheus.output
+    );
+    assert!(
+        prometheus.output.contains("field scrape_configz not found"),
+        "{}",
+        prometheus.output
+    );
+    assert_eq!(
+        runs["alertmanager"].code("gitreload validate"),
+        Some(0),
+        "{}",
+        runs["alertmanager"].output
+    );
+    up.write("prometheus/prometheus.yml", prometheus_yml("ci"));
+
+    // An encrypted config: without the identity secret only a placeholder
+    // stands in (and amtool refuses it); with it, the plaintext is checked,
+    // and the identity is removed when the job ends.
+    up.remove("alertmanager/alertmanager.yml");
+    up.write(
+        "alertmanager/alertmanager.yml.age",
+        keys.encrypt("route:\n  receiver: nobody\nreceivers: []\n"),
+    );
+    let identity = std::fs::read_to_string(&keys.identity_file).unwrap();
+    let runs = by_subdir(run_ci_example(up.work_path(), &identity));
+    let alertmanager = &runs["alertmanager"];
+    assert_eq!(
+        alertmanager.code("gitreload validate"),
+        Some(1),
+        "{}",
+        alertmanager.output
+    );
+    assert!(
+        alertmanager
+            .output
+            .contains("undefined receiver \"nobody\""),
+        "the plaintext was not checked: {}",
+        alertmanager.output
+    );
+    assert_eq!(alertmanager.code("remove the identity"), Some(0));
+    up.write(
+        "alertmanager/alertmanager.yml.age",
+        keys.encrypt("route:\n  receiver: team\nreceivers:\n  - name: team\n"),
+    );
+    let runs = by_subdir(run_ci_example(up.work_path(), &identity));
+    let alertmanager = &runs["alertmanager"];
+    assert_eq!(
+        alertmanager.code("gitreload validate"),
+        Some(0),
+        "{}",
+        alertmanager.output
+    );
+    assert!(
+        !alertmanager.output.contains("placeholder"),
+        "{}",
+        alertmanager.output
+    );
+    let runs = by_subdir(run_ci_example(up.work_path(), ""));
+    let alertmanager = &runs["alertmanager"];
+    assert!(
+        alertmanager
+            .output
+            .contains("gitreload-validate-placeholder"),
+        "{}",
+        alertmanager.output
+    );
 }

@@ -148,6 +148,15 @@ impl Gitreload {
         }
     }
 
+    /// Starts gitreload and waits (up to [`super::WAIT`]) for its first
+    /// `config deployed`: the opening of every scenario that changes
+    /// something after a first good deploy.
+    pub fn spawn_deployed(&self) -> RunningGitreload {
+        let mut run = self.spawn();
+        run.wait_for_event(super::WAIT, "config deployed");
+        run
+    }
+
     /// Runs gitreload to completion (e.g. a one-shot mode or `--help`); kills
     /// it and panics with its output if it is still running after `timeout`.
     #[track_caller]

@@ -10,81 +10,119 @@
 //! # API
 //!
 //! Basics (this file):
+//! - `WAIT`: how long a test waits for one thing gitreload should do (an
+//!   event, a file, an exit); `POLL`, `STOP_GRACE`, `READY_TIMEOUT`.
 //! - `free_port(ip: &str) -> u16`: a TCP+UDP port free on `ip` (127.x only),
-//!   never handed out twice in one test binary. `free_addr(ip) -> String`
-//!   gives `"ip:port"`.
+//!   never handed out twice in one test binary; `free_port_on(&[ip])`: one
+//!   port free on every address; `free_addr(ip) -> String` gives
+//!   `"ip:port"`; `tcp_accepts(addr) -> bool`.
 //! - `wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool)`:
 //!   polls every 20 ms; `wait_until_or(what, timeout, f, context)` adds
 //!   `context()` to the panic message.
 //! - `ChildGuard`: `spawn(name, &mut Command, log: &Path)`, `adopt(name,
-//!   Child, log)`, `pid()`, `is_running()`, `exit_status()`, `stop() ->
-//!   ExitStatus`, `stop_within(grace)`, `kill9()`, `sigstop()`, `sigcont()`,
-//!   `signal(sig)`, `wait_exit(timeout) -> Option<ExitStatus>`, `log_path()`,
-//!   `log_tail(lines)`. Drop stops the process.
+//!   Child, log)`, `name()`, `pid()`, `is_running()`, `exit_status()`,
+//!   `stop() -> ExitStatus`, `stop_within(grace)`, `kill9()`, `sigstop()`,
+//!   `sigcont()`, `signal(sig)`, `wait_exit(timeout) -> Option<ExitStatus>`,
+//!   `log_path()`, `log_tail(lines)`. Drop stops the process.
 //! - `Service`: a restartable `ChildGuard` with a readiness `Probe`:
-//!   `start()`, `stop()`, `restart()`, `kill9()`, `sigstop()`, `sigcont()`,
-//!   `pid()`, `is_running()`, `log_tail(lines)`.
+//!   `new(...)`, `start()`, `stop()`, `restart()`, `kill9()`, `sigstop()`,
+//!   `sigcont()`, `signal(sig)`, `guard()`, `pid()`, `is_running()`,
+//!   `log_path()`, `log_tail(lines)`.
 //! - `clean_command(program) -> Command`: empty environment plus `PATH`.
-//! - HTTP (reqwest::blocking, no proxy, no pooling, 5 s timeout):
-//!   `http_get(url) -> (u16, String)`, `http_post(url, headers: &[(&str,
-//!   &str)], body: &str) -> (u16, String)`, and `try_http_get` /
-//!   `try_http_post` returning `Result<_, String>` instead of panicking on a
-//!   transport error. URLs must point at 127.x / localhost.
+//! - `file_tail(path, lines)`, `thread_states(pid) -> Vec<char>`.
+//! - HTTP (reqwest::blocking, no proxy, no pooling, 5 s timeout;
+//!   `http_client()`): `http_get(url) -> (u16, String)`, `http_post(url,
+//!   headers: &[(&str, &str)], body: &str) -> (u16, String)`, and
+//!   `try_http_get` / `try_http_post` returning `Result<_, String>` instead
+//!   of panicking on a transport error. URLs must point at 127.x /
+//!   localhost.
+//! - `webhook_signature(secret, body) -> String`: the
+//!   `X-Hub-Signature-256` value (`sha256=` + hex HMAC-SHA256) a webhook
+//!   sender computes.
+//!
+//! A scenario (`sidecar.rs`):
+//! - `Sidecar::new()`: an `upstream` (pub field), a destination and a state
+//!   dir; `Sidecar::seeded()` (one commit: a valid `prometheus.yml`,
+//!   marker `one`) and `Sidecar::seeded_with_rules()` (the same plus
+//!   `rules/alerts.yml`).
+//! - `gitreload(repo_url) -> Gitreload` (JSON logs at debug, no HTTP
+//!   server, 300 ms interval), `gitreload_file()` (the upstream's file://
+//!   URL), `dest()`, `state()`, `scratch()`, `dest_tree()`,
+//!   `dest_file(path)`, `wait_dest_file(path, content, timeout)`.
+//! - `tree(root) -> BTreeMap<path, content>`, `prometheus_yml(marker)`,
+//!   `invalid_prometheus_yml()`.
 //!
 //! Git (`git.rs`):
 //! - `Upstream::new()`: bare `upstream.git` + work clone, branch `main`.
 //!   `write(path, content)`, `write_exec`, `symlink(path, target)`,
-//!   `remove(path)`, `add_submodule(url, path)`, `commit(msg) -> String`, `commit_and_push(msg) ->
-//!   String`, `push()`, `push_branch(name)`, `force_push_to(commit)`,
-//!   `tag(name)`, `head() -> String`, `remote_head(branch) -> Option<String>`,
-//!   `git(args) -> String`, `git_command() -> Command`, `bare_path()`,
-//!   `base_dir()`, `work_path()`, `file_url()`.
-//! - `GitDaemon::start(&Upstream)`: `url()`, `port()`, `stop()`, `restart()`.
+//!   `remove(path)`, `add_submodule(url, path)`, `commit(msg) -> String`,
+//!   `commit_and_push(msg) -> String`, `push()`, `push_branch(name)`,
+//!   `force_push_to(commit)`, `tag(name)`, `head() -> String`,
+//!   `remote_head(branch) -> Option<String>`, `git(args) -> String`,
+//!   `git_command() -> Command`, `bare_path()`, `base_dir()`, `work_path()`,
+//!   `home()`, `file_url()`.
+//! - `GitDaemon::start(&Upstream)`: `url()`, `port()`, `stop()`,
+//!   `restart()`, `service()`.
 //! - `SmartHttp::start(&Upstream)`, `SmartHttp::start_with_basic_auth(&up,
 //!   user, password)`, `SmartHttp::start_with_tls(&up, Option<(user,
-//!   password)>)`: `url()`, `url_with_credentials()`, `port()`,
+//!   password)>)`: `url()`, `url_with_credentials()`, `moved_url()` and
+//!   `moved_twice_url()` (redirects), `requests()` (access log), `port()`,
 //!   `https_url()`, `https_url_with_credentials()` and `ca_path()` (TLS with
 //!   a private CA, certificate for 127.0.0.1), `set_password(password)`,
-//!   `stop()`, `restart()` (nginx only).
+//!   `stop()`, `restart()` (nginx only), `nginx()`, `logs()`.
+//! - `git_exec_path()`, `git_command_in(home) -> Command`, `run_git(cmd)`,
+//!   `make_tls_certificates(dir)`.
 //!
 //! SSH (`ssh.rs`):
 //! - `Sshd::start(&Upstream)`: sshd on 127.0.0.1:PORT, key auth only, login
 //!   as the current user. `url()` (`ssh://user@127.0.0.1:PORT/abs/upstream.git`),
 //!   `scp_url()` (`user@127.x.y.z:/abs/...`: sshd also listens on port 22 of
-//!   a random loopback address when run as root), `known_hosts_line()`,
-//!   `write_known_hosts(path)`, `client_key_path()` (accepted),
-//!   `other_key_path()` (refused), `rotate_host_key()`, `stop()`,
-//!   `restart()`, `log_tail(n)`. `make_key(path, comment)` makes a key pair.
+//!   a random loopback address when run as root), `port()`,
+//!   `known_hosts_line()`, `write_known_hosts(path)`, `client_key_path()`
+//!   (accepted), `other_key_path()` (refused), `rotate_host_key()`,
+//!   `stop()`, `restart()`, `log_tail(n)`. `make_key(path, comment)` makes
+//!   a key pair.
 //!
 //! DNS (`dns.rs`):
 //! - `Dns::start(&[(name, ip)])`: dnsmasq; `set_records(&[(name, ip)])`
 //!   (SIGHUP, returns once the answers changed), `server() -> String`,
-//!   `port()`, `resolve_a(name) -> Result<Vec<Ipv4Addr>, u8>` (sorted; Err is
-//!   the rcode, 3 = NXDOMAIN).
+//!   `port()`, `service()`, `resolve_a(name) -> Result<Vec<Ipv4Addr>, u8>`
+//!   (sorted; Err is the rcode, `NXDOMAIN` = 3).
 //! - `query_a(server: &str, name) -> Result<Vec<Ipv4Addr>, u8>`.
 //!
 //! Apps (`apps.rs`):
-//! - `Prometheus::start(ip, config_dir)` (reads `config_dir/prometheus.yml`):
-//!   `addr()`, `url()`, `reload_url()`, `reload() -> (u16, String)`,
+//! - `Prometheus::start(ip, config_dir)` (reads `config_dir/prometheus.yml`)
+//!   and `Prometheus::start_on(ip, port, config_dir)`: `addr()`, `ip()`,
+//!   `port()`, `url()`, `reload_url()`, `reload() -> (u16, String)`,
 //!   `config() -> String`, `metric(name) -> Option<f64>`,
 //!   `last_reload_success_timestamp() -> f64`, `last_reload_successful() ->
-//!   bool`, `stop()`, `restart()`, `kill9()`, `sigstop()`, `sigcont()`, `pid()`.
-//! - `Alertmanager::start_pair([ip_a, ip_b], config_dir) -> [Alertmanager; 2]`
-//!   and `Alertmanager::start(ip, config_dir)` (no cluster) (reads
-//!   `config_dir/alertmanager.yml`): the same methods, plus `cluster_addr()`
-//!   and `cluster_peers() -> usize`.
+//!   bool`, `stop()`, `restart()`, `kill9()`, `sigstop()`, `sigcont()`,
+//!   `pid()`, `log_tail(n)`, `service()`.
+//! - `Alertmanager::start_pair([ip_a, ip_b], config_dir) -> [Alertmanager;
+//!   2]`, `start_pair_on(ips, port, config_dir)` and
+//!   `Alertmanager::start(ip, config_dir)` (no cluster) (reads
+//!   `config_dir/alertmanager.yml`): the same methods, plus
+//!   `cluster_addr()` and `cluster_peers() -> usize`.
+//! - `Replicas::start(name, &[ip], config_dir)`: one Prometheus per
+//!   address on one shared port, and a `Dns` naming them all: fields
+//!   `proms`, `port`, `dns`.
 //!
 //! The binary under test (`gitreload.rs`):
-//! - `Gitreload::new().env(k, v).arg(a)...`; `spawn() -> RunningGitreload`;
-//!   `run_once(timeout) -> Output { status, stdout, stderr }`.
+//! - `Gitreload::new().env(k, v).arg(a).args(..).current_dir(d)...`;
+//!   `Gitreload::binary()`; `spawn() -> RunningGitreload`;
+//!   `spawn_deployed()` (spawn, then wait up to `WAIT` for the first
+//!   `config deployed`); `run_once(timeout) -> Output { status, stdout,
+//!   stderr }` with `json_lines()` and `events(name)`.
 //! - `RunningGitreload`: `lines()`, `stdout_lines()`, `stderr_lines()`,
 //!   `cursor()`, `wait_for_line(timeout, pred) -> String`, `json_lines()`,
-//!   `events(name)`, `count_events(name)`, `wait_for_event(timeout, name)`,
-//!   `wait_for_event_after(cursor, timeout, name)`, `wait_for_event_count(
-//!   timeout, name, n) -> Vec<Value>`, `wait_for_event_where(timeout, what,
-//!   pred)`, `wait_exit(timeout) -> ExitStatus`,
-//!   `terminate() -> ExitStatus`, `kill9()`, `sigstop()`, `sigcont()`,
-//!   `pid()`, `is_running()`, `log_path()`, `output()`.
+//!   `events(name)`, `count_events(name)`, `output_tail(n)`,
+//!   `wait_for_event(timeout, name)`, `wait_for_event_after(cursor,
+//!   timeout, name)`, `wait_for_event_count(timeout, name, n) ->
+//!   Vec<Value>`, `wait_for_event_count_where(timeout, n, pred)`,
+//!   `wait_for_event_where(timeout, what, pred)`, `wait_exit(timeout) ->
+//!   ExitStatus`, `terminate() -> ExitStatus`, `kill9()`, `sigstop()`,
+//!   `sigcont()`, `signal(sig)`, `pid()`, `is_running()`, `log_path()`,
+//!   `output()`.
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
@@ -116,6 +154,10 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long a peer gets to become ready after it was started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for one thing gitreload should do (an event, a
+/// file on the destination, an exit): a bound for slow shared machines,
+/// never a speed target.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Waiting
@@ -630,6 +672,15 @@ pub fn try_http_post(
         .text()
         .map_err(|e| format!("POST {url}: reading body: {e}"))?;
     Ok((status, body))
+}
+
+/// The `X-Hub-Signature-256` value GitHub sends with `body`: `sha256=`
+/// and the hex HMAC-SHA256 of the body under `secret`.
+pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// POST and return (status, body); panics on a transport error.

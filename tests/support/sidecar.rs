@@ -20,6 +20,26 @@ impl Sidecar {
         }
     }
 
+    /// A scenario whose upstream holds one commit: a valid `prometheus.yml`
+    /// (marker `one`).
+    pub fn seeded() -> Sidecar {
+        let s = Sidecar::new();
+        s.upstream.write("prometheus.yml", prometheus_yml("one"));
+        s.upstream.commit_and_push("one");
+        s
+    }
+
+    /// Like [`Sidecar::seeded`], with an empty rules file
+    /// `rules/alerts.yml` (`groups: []`) in the same commit: two files in
+    /// two directories.
+    pub fn seeded_with_rules() -> Sidecar {
+        let s = Sidecar::new();
+        s.upstream.write("prometheus.yml", prometheus_yml("one"));
+        s.upstream.write("rules/alerts.yml", "groups: []\n");
+        s.upstream.commit_and_push("one");
+        s
+    }
+
     /// The shared volume gitreload keeps in step.
     pub fn dest(&self) -> PathBuf {
         self.dirs.path().join("dest")
