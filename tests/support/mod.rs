@@ -123,6 +123,10 @@
 //!   ExitStatus`, `terminate() -> ExitStatus`, `kill9()`, `sigstop()`,
 //!   `sigcont()`, `signal(sig)`, `pid()`, `is_running()`, `log_path()`,
 //!   `output()`.
+//!
+//! Library deploys (`volume.rs`): `Volume::new()` (destination, state and a
+//! sentinel tree beside them), `deploy(&Commit)`, `drift_repair(&Commit)`,
+//! `escaping_links()`, `managed_tree()`, `snapshot(dir)`.
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
@@ -132,6 +136,7 @@ pub mod git;
 pub mod gitreload;
 pub mod sidecar;
 pub mod ssh;
+pub mod volume;
 
 pub use apps::{Alertmanager, Prometheus, Replicas};
 pub use dns::{query_a, Dns};
