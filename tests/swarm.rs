@@ -114,18 +114,21 @@ fn run() -> (usize, usize) {
 
     // Phase: images.
     let t = Instant::now();
-    match build_images(&run_id, dir.path(), &mut cleanup) {
-        Ok(()) => report.phase("image build", t),
+    let bases = match build_images(&run_id, dir.path(), &mut cleanup) {
+        Ok(bases) => {
+            report.phase("image build", t);
+            bases
+        }
         Err(e) => {
             report.phase("image build (failed)", t);
             eprintln!("image build failed: {e}");
             return report.finish_with_failure();
         }
-    }
+    };
 
     // Phase: swarm init and the fixtures (keys, repository, secrets).
     let t = Instant::now();
-    let mut suite = match Suite::start(&run_id, dir.path(), cleanup) {
+    let mut suite = match Suite::start(&run_id, &bases, dir.path(), cleanup) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("swarm setup failed: {e}");
@@ -421,12 +424,28 @@ fn image(run: &str, what: &str) -> String {
 /// Builds the Debian bases and stand-ins (.ci/swarm-images), then the
 /// Dockerfile's `prometheus` and `alertmanager` targets from them and the
 /// test binary, with the legacy builder and no pull.
-fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Outcome {
-    for what in ["base", "prometheus", "alertmanager", "gitserver"] {
-        cleanup.images.push(image(run, what));
-    }
-    let script = repo_root().join(".ci/swarm-images");
-    run_streaming("bash", &[script.to_str().unwrap(), run], Duration::from_secs(1500))?;
+///
+/// For work on the suite itself, `GITRELOAD_SWARM_BASE_IMAGES=PREFIX` uses
+/// the images an earlier `.ci/swarm-images PREFIX` made (and leaves them);
+/// ignored when `CI=true`, which always builds from scratch.
+fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, String> {
+    let reuse = std::env::var("GITRELOAD_SWARM_BASE_IMAGES")
+        .ok()
+        .filter(|p| !p.is_empty() && std::env::var("CI").as_deref() != Ok("true"));
+    let bases = match reuse {
+        Some(prefix) => {
+            println!("reusing base images {prefix}-* (GITRELOAD_SWARM_BASE_IMAGES)");
+            prefix
+        }
+        None => {
+            for what in ["base", "prometheus", "alertmanager", "gitserver"] {
+                cleanup.images.push(image(run, what));
+            }
+            let script = repo_root().join(".ci/swarm-images");
+            run_streaming("bash", &[script.to_str().unwrap(), run], Duration::from_secs(1500))?;
+            run.to_string()
+        }
+    };
     let context = dir.join("image-context");
     fs::create_dir(&context).map_err(|e| e.to_string())?;
     fs::copy(env!("CARGO_BIN_EXE_gitreload"), context.join("gitreload"))
@@ -438,11 +457,16 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Outcome {
         println!("binary not stripped: {e}");
     }
     let dockerfile = repo_root().join("docker/Dockerfile");
+    let mut base_ids = Vec::new();
+    for what in ["base", "prometheus", "alertmanager"] {
+        let id = docker(&["image", "inspect", "--format", "{{.Id}}", &image(&bases, what)])?;
+        base_ids.push(id.trim().trim_start_matches("sha256:").to_string());
+    }
     for target in ["prometheus", "alertmanager"] {
         let t = Instant::now();
         let name = image(run, &format!("gitreload-{target}"));
         cleanup.images.push(name.clone());
-        let base = image(run, "base");
+        let base = image(&bases, "base");
         let args = [
             "build",
             "-f",
@@ -454,9 +478,9 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Outcome {
             "--build-arg",
             &format!("RUNTIME_IMAGE={base}"),
             "--build-arg",
-            &format!("PROMETHEUS_IMAGE={}", image(run, "prometheus")),
+            &format!("PROMETHEUS_IMAGE={}", image(&bases, "prometheus")),
             "--build-arg",
-            &format!("ALERTMANAGER_IMAGE={}", image(run, "alertmanager")),
+            &format!("ALERTMANAGER_IMAGE={}", image(&bases, "alertmanager")),
             "--build-arg",
             "GITRELOAD_PREBUILT=gitreload",
             "-t",
@@ -465,11 +489,14 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Outcome {
         ];
         let out = run_cmd_env("docker", &args, &[("DOCKER_BUILDKIT", "0")], Duration::from_secs(900))?;
         // The legacy builder leaves each earlier stage's image behind,
-        // untagged: remember every image id it printed, to remove them.
+        // untagged: remember every image id it printed, to remove them,
+        // except the bases it started from (removed by name when this run
+        // made them, left alone when reused).
         cleanup.image_ids.extend(
             out.lines()
                 .filter_map(|l| l.trim().strip_prefix("---> "))
                 .filter(|id| id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()))
+                .filter(|id| !base_ids.iter().any(|b| b.starts_with(id)))
                 .map(String::from),
         );
         println!(
@@ -482,7 +509,7 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Outcome {
         let bytes: f64 = size.trim().parse().unwrap_or(0.0);
         println!("image {name}: {:.0} MB", bytes / 1e6);
     }
-    Ok(())
+    Ok(bases)
 }
 
 fn run_cmd_env(program: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Result<String, String> {
@@ -651,7 +678,7 @@ impl Suite {
 
     /// Takes the cleanup guard: on an error it is dropped here, removing
     /// what was made so far.
-    fn start(run: &str, dir: &Path, mut cleanup: Cleanup) -> Result<Suite, String> {
+    fn start(run: &str, bases: &str, dir: &Path, mut cleanup: Cleanup) -> Result<Suite, String> {
         // Swarm init on loopback: this engine accepts 127.0.0.1 as the
         // advertise address for a single node, so no interface is needed.
         cleanup.gwbridge_was_there = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
@@ -749,7 +776,7 @@ impl Suite {
         copy_dir(&repo_root().join("deploy/example-config"), &work)?;
 
         let override_file = dir.join("override.yml");
-        fs::write(&override_file, override_yaml(run, dir)).map_err(|e| e.to_string())?;
+        fs::write(&override_file, override_yaml(run, bases, dir)).map_err(|e| e.to_string())?;
 
         let mut suite = Suite {
             run: run.into(),
@@ -1342,17 +1369,17 @@ impl Suite {
 /// The second compose file: what the suite must change (images, the
 /// repository URL, this run's secret names) and what it adds (the git
 /// server and the probe). Everything else is deploy/stack.yml's own.
-fn override_yaml(run: &str, dir: &Path) -> String {
+fn override_yaml(run: &str, bases: &str, dir: &Path) -> String {
     let git = dir.join("git");
     format!(
         r#"version: "3.8"
 services:
   prometheus:
-    image: {run}-prometheus
+    image: {bases}-prometheus
   alertmanager_1:
-    image: {run}-alertmanager
+    image: {bases}-alertmanager
   alertmanager_2:
-    image: {run}-alertmanager
+    image: {bases}-alertmanager
   gitreload_prometheus:
     image: {run}-gitreload-prometheus
     environment:
@@ -1364,7 +1391,7 @@ services:
   # Services of its own, so no VIP is involved (see README: this kernel
   # has no IPVS): the name answers with the task's address.
   gitserver:
-    image: {run}-gitserver
+    image: {bases}-gitserver
     deploy:
       endpoint_mode: dnsrr
     volumes:
@@ -1382,7 +1409,7 @@ services:
     networks:
       - monitoring
   probe:
-    image: {run}-base
+    image: {bases}-base
     command: ["sleep", "infinity"]
     deploy:
       endpoint_mode: dnsrr
