@@ -19,7 +19,7 @@
 //!
 //! Needs root (debootstrap) and a Docker engine that is not in a swarm. On a
 //! machine without Docker it fails, naming what is missing.
-//! `GITRELOAD_SWARM_SUITE=skip` skips it with a line saying so, except when
+//! `SWARM_SUITE=skip` skips it with a line saying so, except when
 //! `CI=true`, where it always runs.
 
 use std::collections::BTreeMap;
@@ -65,17 +65,19 @@ type Outcome = Result<(), String>;
 
 fn main() {
     let started = Instant::now();
-    if std::env::var("GITRELOAD_SWARM_SUITE").as_deref() == Ok("skip")
+    if std::env::var("SWARM_SUITE").as_deref() == Ok("skip")
         && std::env::var("CI").as_deref() != Ok("true")
     {
-        println!("swarm suite skipped (GITRELOAD_SWARM_SUITE=skip); CI=true always runs it");
+        println!("swarm suite skipped (SWARM_SUITE=skip); CI=true always runs it");
         return;
     }
     let result = std::panic::catch_unwind(run);
     let (passed, failed) = match result {
         Ok(counts) => counts,
         Err(_) => {
-            eprintln!("swarm suite: aborted by a panic (see above); everything it made was removed");
+            eprintln!(
+                "swarm suite: aborted by a panic (see above); everything it made was removed"
+            );
             (0, 1)
         }
     };
@@ -181,8 +183,9 @@ fn run() -> (usize, usize) {
         }
         println!("--- {name}");
         let t = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut suite)))
-            .unwrap_or_else(|p| Err(panic_text(&p)));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut suite)))
+                .unwrap_or_else(|p| Err(panic_text(&p)));
         match outcome {
             Ok(()) => {
                 println!("ok {name} ({:.1} s)", t.elapsed().as_secs_f64());
@@ -248,7 +251,12 @@ impl Report {
 
 /// Runs `program args`, killing it after `timeout`; Ok(stdout) on exit 0,
 /// Err naming the command with its stderr and stdout otherwise.
-fn run_cmd(program: &str, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Result<String, String> {
+fn run_cmd(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<String, String> {
     let shown = format!("{program} {}", args.join(" "));
     let mut out = tempfile::tempfile().map_err(|e| e.to_string())?;
     let mut err = tempfile::tempfile().map_err(|e| e.to_string())?;
@@ -340,7 +348,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
 
 /// Polls `f` until it returns Some or `timeout` passes; the error names
 /// `what` and the last reason `f` gave.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let start = Instant::now();
     loop {
         match f() {
@@ -384,7 +396,9 @@ fn preflight() -> Result<(), String> {
             .unwrap_or(false)
             || Path::new("/usr/sbin").join(tool).is_file();
         if !found {
-            return Err(format!("{tool} is not installed (bash .ci/test-all installs it)"));
+            return Err(format!(
+                "{tool} is not installed (bash .ci/test-all installs it)"
+            ));
         }
     }
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?;
@@ -425,16 +439,16 @@ fn image(run: &str, what: &str) -> String {
 /// Dockerfile's `prometheus` and `alertmanager` targets from them and the
 /// test binary, with the legacy builder and no pull.
 ///
-/// For work on the suite itself, `GITRELOAD_SWARM_BASE_IMAGES=PREFIX` uses
+/// For work on the suite itself, `SWARM_BASE_IMAGES=PREFIX` uses
 /// the images an earlier `.ci/swarm-images PREFIX` made (and leaves them);
 /// ignored when `CI=true`, which always builds from scratch.
 fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, String> {
-    let reuse = std::env::var("GITRELOAD_SWARM_BASE_IMAGES")
+    let reuse = std::env::var("SWARM_BASE_IMAGES")
         .ok()
         .filter(|p| !p.is_empty() && std::env::var("CI").as_deref() != Ok("true"));
     let bases = match reuse {
         Some(prefix) => {
-            println!("reusing base images {prefix}-* (GITRELOAD_SWARM_BASE_IMAGES)");
+            println!("reusing base images {prefix}-* (SWARM_BASE_IMAGES)");
             prefix
         }
         None => {
@@ -442,7 +456,11 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, 
                 cleanup.images.push(image(run, what));
             }
             let script = repo_root().join(".ci/swarm-images");
-            run_streaming("bash", &[script.to_str().unwrap(), run], Duration::from_secs(1500))?;
+            run_streaming(
+                "bash",
+                &[script.to_str().unwrap(), run],
+                Duration::from_secs(1500),
+            )?;
             run.to_string()
         }
     };
@@ -453,13 +471,24 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, 
     // Without its debug sections the test binary is a quarter of the size,
     // and every layer holding it is written faster. Unstripped if strip
     // is missing: slower, same result.
-    if let Err(e) = run_cmd("strip", &["--strip-debug", context.join("gitreload").to_str().unwrap()], None, COMMAND_TIMEOUT) {
+    if let Err(e) = run_cmd(
+        "strip",
+        &["--strip-debug", context.join("gitreload").to_str().unwrap()],
+        None,
+        COMMAND_TIMEOUT,
+    ) {
         println!("binary not stripped: {e}");
     }
     let dockerfile = repo_root().join("docker/Dockerfile");
     let mut base_ids = Vec::new();
     for what in ["base", "prometheus", "alertmanager"] {
-        let id = docker(&["image", "inspect", "--format", "{{.Id}}", &image(&bases, what)])?;
+        let id = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &image(&bases, what),
+        ])?;
         base_ids.push(id.trim().trim_start_matches("sha256:").to_string());
     }
     for target in ["prometheus", "alertmanager"] {
@@ -487,7 +516,12 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, 
             &name,
             context.to_str().unwrap(),
         ];
-        let out = run_cmd_env("docker", &args, &[("DOCKER_BUILDKIT", "0")], Duration::from_secs(900))?;
+        let out = run_cmd_env(
+            "docker",
+            &args,
+            &[("DOCKER_BUILDKIT", "0")],
+            Duration::from_secs(900),
+        )?;
         // The legacy builder leaves each earlier stage's image behind,
         // untagged: remember every image id it printed, to remove them,
         // except the bases it started from (removed by name when this run
@@ -512,7 +546,12 @@ fn build_images(run: &str, dir: &Path, cleanup: &mut Cleanup) -> Result<String, 
     Ok(bases)
 }
 
-fn run_cmd_env(program: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Result<String, String> {
+fn run_cmd_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<String, String> {
     // run_cmd with a few variables set: through env(1), so one code path
     // handles the timeout.
     let mut full: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -561,37 +600,45 @@ fn remove_stack(stack: &str) -> Vec<String> {
     if let Err(e) = docker(&["stack", "rm", stack]) {
         problems.push(e);
     }
-    let gone = wait_for(&format!("stack {stack}'s containers to go"), Duration::from_secs(90), || {
-        let left = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.stack.namespace={stack}"),
-        ])?;
-        if left.trim().is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} containers left", left.lines().count()))
-        }
-    });
+    let gone = wait_for(
+        &format!("stack {stack}'s containers to go"),
+        Duration::from_secs(90),
+        || {
+            let left = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.stack.namespace={stack}"),
+            ])?;
+            if left.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} containers left", left.lines().count()))
+            }
+        },
+    );
     if let Err(e) = gone {
         problems.push(e);
     }
     let network = format!("{stack}_monitoring");
-    let _ = wait_for(&format!("network {network} to go"), Duration::from_secs(60), || {
-        match docker(&["network", "inspect", &network]) {
+    let _ = wait_for(
+        &format!("network {network} to go"),
+        Duration::from_secs(60),
+        || match docker(&["network", "inspect", &network]) {
             Ok(_) => Err("still there".into()),
             Err(_) => Ok(()),
-        }
-    });
+        },
+    );
     for volume in VOLUMES {
         let name = format!("{stack}_{volume}");
         if docker(&["volume", "inspect", &name]).is_err() {
             continue;
         }
-        if let Err(e) = wait_for(&format!("volume {name} to be removed"), Duration::from_secs(60), || {
-            docker(&["volume", "rm", &name]).map(|_| ())
-        }) {
+        if let Err(e) = wait_for(
+            &format!("volume {name} to be removed"),
+            Duration::from_secs(60),
+            || docker(&["volume", "rm", &name]).map(|_| ()),
+        ) {
             problems.push(e);
         }
     }
@@ -615,9 +662,11 @@ impl Drop for Cleanup {
             }
             // swarm init made docker_gwbridge; leaving keeps it.
             if !self.gwbridge_was_there {
-                let _ = wait_for("docker_gwbridge to be removable", Duration::from_secs(30), || {
-                    docker(&["network", "rm", "docker_gwbridge"]).map(|_| ())
-                })
+                let _ = wait_for(
+                    "docker_gwbridge to be removable",
+                    Duration::from_secs(30),
+                    || docker(&["network", "rm", "docker_gwbridge"]).map(|_| ()),
+                )
                 .map_err(|e| problems.push(e));
             }
         }
@@ -730,7 +779,11 @@ impl Suite {
         let host_pub = fs::read_to_string(dir.join("host_key.pub")).map_err(|e| e.to_string())?;
         let known_hosts = format!(
             "gitserver {}\n",
-            host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+            host_pub
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         fs::write(dir.join("known_hosts"), &known_hosts).map_err(|e| e.to_string())?;
         let webhook_secret = format!("{run}-{:016x}", fastrand::u64(..));
@@ -738,13 +791,24 @@ impl Suite {
         // Step 2: the external secrets (this run's names, mapped to the
         // stack's in the override).
         for (secret, content) in [
-            ("gitreload_ssh_key", fs::read(dir.join("deploy_key")).unwrap()),
+            (
+                "gitreload_ssh_key",
+                fs::read(dir.join("deploy_key")).unwrap(),
+            ),
             ("gitreload_known_hosts", known_hosts.clone().into_bytes()),
-            ("gitreload_webhook_secret", webhook_secret.clone().into_bytes()),
+            (
+                "gitreload_webhook_secret",
+                webhook_secret.clone().into_bytes(),
+            ),
         ] {
             let name = format!("{run}-{secret}");
             cleanup.secrets.push(name.clone());
-            run_cmd("docker", &["secret", "create", &name, "-"], Some(&content), COMMAND_TIMEOUT)?;
+            run_cmd(
+                "docker",
+                &["secret", "create", &name, "-"],
+                Some(&content),
+                COMMAND_TIMEOUT,
+            )?;
         }
 
         // The config repository: bare on a directory the git server
@@ -754,14 +818,26 @@ impl Suite {
         fs::create_dir(&git_dir).map_err(|e| e.to_string())?;
         run_cmd(
             "git",
-            &["init", "-q", "--bare", "-b", "main", git_dir.join("config.git").to_str().unwrap()],
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                git_dir.join("config.git").to_str().unwrap(),
+            ],
             None,
             COMMAND_TIMEOUT,
         )?;
         let work = dir.join("work");
         run_cmd(
             "git",
-            &["clone", "-q", git_dir.join("config.git").to_str().unwrap(), work.to_str().unwrap()],
+            &[
+                "clone",
+                "-q",
+                git_dir.join("config.git").to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
             None,
             COMMAND_TIMEOUT,
         )?;
@@ -804,12 +880,20 @@ impl Suite {
         let rev = format!("rev{}", self.revision);
         let prom = self.work.join("prometheus/prometheus.yml");
         let text = fs::read_to_string(&prom).map_err(|e| e.to_string())?;
-        let text = set_marker(&text, "    cluster: swarm-example\n", &format!("    {}\n", prom_marker(&rev)));
+        let text = set_marker(
+            &text,
+            "    cluster: swarm-example\n",
+            &format!("    {}\n", prom_marker(&rev)),
+        );
         fs::write(&prom, text).map_err(|e| e.to_string())?;
         if alertmanager_too {
             let am = self.work.join("alertmanager/alertmanager.yml");
             let text = fs::read_to_string(&am).map_err(|e| e.to_string())?;
-            let text = replace_line_starting(&text, "  resolve_timeout:", &format!("  resolve_timeout: {}m", 4 + self.revision));
+            let text = replace_line_starting(
+                &text,
+                "  resolve_timeout:",
+                &format!("  resolve_timeout: {}m", 4 + self.revision),
+            );
             fs::write(&am, text).map_err(|e| e.to_string())?;
         }
         self.push(&format!("{message} ({rev})"), &rev)
@@ -844,7 +928,10 @@ impl Suite {
             "ps",
             "-q",
             "--filter",
-            &format!("label=com.docker.swarm.service.name={}", self.service(service)),
+            &format!(
+                "label=com.docker.swarm.service.name={}",
+                self.service(service)
+            ),
         ])?
         .lines()
         .map(String::from)
@@ -866,12 +953,20 @@ impl Suite {
 
     /// A records of `name` as the probe sees them (Swarm's DNS).
     fn resolve(&self, name: &str) -> Result<Vec<String>, String> {
-        let out = self.in_probe(&format!("getent ahostsv4 {name} | awk '{{print $1}}' | sort -u"))?;
+        let out = self.in_probe(&format!(
+            "getent ahostsv4 {name} | awk '{{print $1}}' | sort -u"
+        ))?;
         Ok(out.lines().map(String::from).collect())
     }
 
     /// One HTTP request from the probe: (status, body).
-    fn http(&self, method: &str, url: &str, headers: &[(&str, String)], body: &str) -> Result<(u16, String), String> {
+    fn http(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let mut script = format!("curl -sS -m 5 -o /tmp/body -w '%{{http_code}}' -X {method}");
         for (k, v) in headers {
             let _ = write!(script, " -H '{k}: {v}'");
@@ -907,7 +1002,11 @@ impl Suite {
             let rev = body
                 .split("revision: ")
                 .nth(1)
-                .map(|r| r.chars().take_while(|c| c.is_ascii_alphanumeric()).collect())
+                .map(|r| {
+                    r.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric())
+                        .collect()
+                })
                 .unwrap_or_else(|| "none".to_string());
             live.insert(ip, rev);
         }
@@ -916,18 +1015,26 @@ impl Suite {
 
     /// Waits until exactly `replicas` Prometheus replicas are ready and all
     /// serve `rev`.
-    fn wait_prometheus(&self, replicas: usize, rev: &str) -> Result<BTreeMap<String, String>, String> {
-        wait_for(&format!("{replicas} Prometheus replicas serving {rev}"), CONVERGE, || {
-            let live = self.prometheus_revisions()?;
-            if live.len() == replicas && live.values().all(|r| r == rev) {
-                for ip in live.keys() {
-                    self.get_ok(&format!("http://{ip}:9090/-/ready"))?;
+    fn wait_prometheus(
+        &self,
+        replicas: usize,
+        rev: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        wait_for(
+            &format!("{replicas} Prometheus replicas serving {rev}"),
+            CONVERGE,
+            || {
+                let live = self.prometheus_revisions()?;
+                if live.len() == replicas && live.values().all(|r| r == rev) {
+                    for ip in live.keys() {
+                        self.get_ok(&format!("http://{ip}:9090/-/ready"))?;
+                    }
+                    Ok(live)
+                } else {
+                    Err(format!("{live:?}"))
                 }
-                Ok(live)
-            } else {
-                Err(format!("{live:?}"))
-            }
-        })
+            },
+        )
     }
 
     /// Alertmanager's /api/v2/status of one service's task.
@@ -939,14 +1046,18 @@ impl Suite {
     fn wait_alertmanagers(&self, revision: u32) -> Outcome {
         let marker = self.am_marker(revision);
         for service in ["alertmanager_1", "alertmanager_2"] {
-            wait_for(&format!("{service} ready with `{marker}`"), CONVERGE, || {
-                self.get_ok(&format!("http://tasks.{service}:9093/-/ready"))?;
-                let status = self.alertmanager_status(service)?;
-                let original = status["config"]["original"].as_str().unwrap_or("");
-                ensure(original.contains(&marker), || {
-                    format!("{service} config has no `{marker}`")
-                })
-            })?;
+            wait_for(
+                &format!("{service} ready with `{marker}`"),
+                CONVERGE,
+                || {
+                    self.get_ok(&format!("http://tasks.{service}:9093/-/ready"))?;
+                    let status = self.alertmanager_status(service)?;
+                    let original = status["config"]["original"].as_str().unwrap_or("");
+                    ensure(original.contains(&marker), || {
+                        format!("{service} config has no `{marker}`")
+                    })
+                },
+            )?;
         }
         Ok(())
     }
@@ -1015,16 +1126,20 @@ impl Suite {
     }
 
     fn health(container: &str) -> Result<String, String> {
-        Ok(docker(&["inspect", "--format", "{{.State.Health.Status}}", container])?
-            .trim()
-            .to_string())
+        Ok(
+            docker(&["inspect", "--format", "{{.State.Health.Status}}", container])?
+                .trim()
+                .to_string(),
+        )
     }
 
     // --- scenarios
 
     fn deploy_from_empty_swarm(&mut self) -> Outcome {
         let services = docker(&["service", "ls", "-q"])?;
-        ensure(services.trim().is_empty(), || format!("swarm not empty: {services}"))?;
+        ensure(services.trim().is_empty(), || {
+            format!("swarm not empty: {services}")
+        })?;
         let started = Instant::now();
         let stack = self.stack.clone();
         self.deploy(&stack, None)?;
@@ -1047,24 +1162,45 @@ impl Suite {
         // checked: reload confirmed, the commit is the deployed one.
         let first = self.commits[&rev].clone();
         for service in ["gitreload_prometheus", "gitreload_alertmanager"] {
-            wait_for(&format!("{service} reporting {first} deployed"), CONVERGE, || {
-                let m = self.gitreload_metrics(service)?;
-                ensure(m.contains(&format!("gitreload_deployed_commit_info{{commit=\"{first}\"")), || {
-                    m.lines().filter(|l| l.contains("commit")).collect::<Vec<_>>().join("\n")
-                })
-            })?;
+            wait_for(
+                &format!("{service} reporting {first} deployed"),
+                CONVERGE,
+                || {
+                    let m = self.gitreload_metrics(service)?;
+                    ensure(
+                        m.contains(&format!(
+                            "gitreload_deployed_commit_info{{commit=\"{first}\""
+                        )),
+                        || {
+                            m.lines()
+                                .filter(|l| l.contains("commit"))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        },
+                    )
+                },
+            )?;
         }
         let live = self.get_ok("http://tasks.prometheus:9090/api/v1/query?query=prometheus_config_last_reload_successful")?;
-        ensure(live.contains("\"1\"]"), || format!("last reload not successful: {live}"))?;
+        ensure(live.contains("\"1\"]"), || {
+            format!("last reload not successful: {live}")
+        })?;
         // The Alertmanagers see each other.
         for service in ["alertmanager_1", "alertmanager_2"] {
-            wait_for(&format!("{service} to have 2 cluster peers"), CONVERGE, || {
-                let status = self.alertmanager_status(service)?;
-                let peers = status["cluster"]["peers"].as_array().map(Vec::len).unwrap_or(0);
-                ensure(peers == 2 && status["cluster"]["status"] == "ready", || {
-                    format!("{}", status["cluster"])
-                })
-            })?;
+            wait_for(
+                &format!("{service} to have 2 cluster peers"),
+                CONVERGE,
+                || {
+                    let status = self.alertmanager_status(service)?;
+                    let peers = status["cluster"]["peers"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0);
+                    ensure(peers == 2 && status["cluster"]["status"] == "ready", || {
+                        format!("{}", status["cluster"])
+                    })
+                },
+            )?;
         }
         // Every gitreload task is healthy through the image's HEALTHCHECK.
         for service in ["gitreload_prometheus", "gitreload_alertmanager"] {
@@ -1090,7 +1226,12 @@ impl Suite {
     }
 
     fn push_reaches_every_replica(&mut self) -> Outcome {
-        docker(&["service", "scale", "--detach", &format!("{}=2", self.service("prometheus"))])?;
+        docker(&[
+            "service",
+            "scale",
+            "--detach",
+            &format!("{}=2", self.service("prometheus")),
+        ])?;
         let old = self.current_rev();
         self.wait_prometheus(2, &old)?;
         let pushed = Instant::now();
@@ -1099,7 +1240,9 @@ impl Suite {
         // As a git host's push hook would: one signed POST per sidecar.
         for service in ["gitreload_prometheus", "gitreload_alertmanager"] {
             let (status, body) = self.signed_sync(service)?;
-            ensure((200..300).contains(&status), || format!("{service}: {status} {body}"))?;
+            ensure((200..300).contains(&status), || {
+                format!("{service}: {status} {body}")
+            })?;
         }
         let live = self.wait_prometheus(2, &rev)?;
         self.measured.push((
@@ -1130,27 +1273,42 @@ impl Suite {
     fn invalid_config_is_rejected(&mut self) -> Outcome {
         let good = self.current_rev();
         let volume = self.volume_dir("prometheus_config")?;
-        let before = fs::read_to_string(volume.join("prometheus.yml")).map_err(|e| e.to_string())?;
+        let before =
+            fs::read_to_string(volume.join("prometheus.yml")).map_err(|e| e.to_string())?;
         let prom = self.work.join("prometheus/prometheus.yml");
         let text = fs::read_to_string(&prom).unwrap();
         fs::write(
             &prom,
-            text.replace("scrape_interval: 15s", "scrape_interval: fifteen-seconds-invalid"),
+            text.replace(
+                "scrape_interval: 15s",
+                "scrape_interval: fifteen-seconds-invalid",
+            ),
         )
         .unwrap();
         let bad = self.push("an invalid scrape_interval", "invalid")?;
         let short = &bad[..7];
         let (status, body) = self.signed_sync("gitreload_prometheus")?;
         ensure((200..300).contains(&status), || format!("{status} {body}"))?;
-        wait_for("gitreload_rejected_commit_info naming the commit", CONVERGE, || {
-            let m = self.gitreload_metrics("gitreload_prometheus")?;
-            ensure(
-                m.lines()
-                    .any(|l| l.starts_with("gitreload_rejected_commit_info") && l.contains(short)),
-                || "not yet".into(),
-            )
-        })?;
-        let logs = docker(&["service", "logs", "--raw", "--no-trunc", &self.service("gitreload_prometheus")])?;
+        wait_for(
+            "gitreload_rejected_commit_info naming the commit",
+            CONVERGE,
+            || {
+                let m = self.gitreload_metrics("gitreload_prometheus")?;
+                ensure(
+                    m.lines().any(|l| {
+                        l.starts_with("gitreload_rejected_commit_info") && l.contains(short)
+                    }),
+                    || "not yet".into(),
+                )
+            },
+        )?;
+        let logs = docker(&[
+            "service",
+            "logs",
+            "--raw",
+            "--no-trunc",
+            &self.service("gitreload_prometheus"),
+        ])?;
         let line = logs
             .lines()
             .find(|l| l.contains(short))
@@ -1158,11 +1316,17 @@ impl Suite {
         println!("log: {}", truncate(line, 300));
         // Never on the volume; both replicas keep the last good config.
         let after = fs::read_to_string(volume.join("prometheus.yml")).map_err(|e| e.to_string())?;
-        ensure(after == before, || "prometheus.yml on the volume changed".into())?;
-        ensure(!after.contains("fifteen-seconds-invalid"), || "the invalid config reached the volume".into())?;
+        ensure(after == before, || {
+            "prometheus.yml on the volume changed".into()
+        })?;
+        ensure(!after.contains("fifteen-seconds-invalid"), || {
+            "the invalid config reached the volume".into()
+        })?;
         self.wait_prometheus(2, &good)?;
         let q = self.get_ok("http://tasks.prometheus:9090/api/v1/query?query=prometheus_config_last_reload_successful")?;
-        ensure(!q.contains("\"0\"]"), || format!("a replica's last reload failed: {q}"))?;
+        ensure(!q.contains("\"0\"]"), || {
+            format!("a replica's last reload failed: {q}")
+        })?;
         // The work tree goes back to the good text for what follows.
         fs::write(&prom, text).unwrap();
         Ok(())
@@ -1171,16 +1335,31 @@ impl Suite {
     fn killed_prometheus_restarts_on_last_good(&mut self) -> Outcome {
         let good = self.current_rev();
         let victims = self.containers("prometheus")?;
-        ensure(victims.len() == 2, || format!("{} Prometheus containers", victims.len()))?;
-        docker(&["kill", &victims[0]])?;
-        wait_for("Swarm to replace the killed Prometheus task", CONVERGE, || {
-            let now = self.containers("prometheus")?;
-            ensure(now.len() == 2 && !now.contains(&victims[0]), || format!("{now:?}"))
+        ensure(victims.len() == 2, || {
+            format!("{} Prometheus containers", victims.len())
         })?;
+        docker(&["kill", &victims[0]])?;
+        wait_for(
+            "Swarm to replace the killed Prometheus task",
+            CONVERGE,
+            || {
+                let now = self.containers("prometheus")?;
+                ensure(now.len() == 2 && !now.contains(&victims[0]), || {
+                    format!("{now:?}")
+                })
+            },
+        )?;
         // The replacement reads the volume: the last good config, though
         // the newest upstream commit is the rejected one.
         self.wait_prometheus(2, &good)?;
-        let ps = docker(&["service", "ps", "--no-trunc", "--format", "{{.CurrentState}} {{.Error}}", &self.service("prometheus")])?;
+        let ps = docker(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}} {{.Error}}",
+            &self.service("prometheus"),
+        ])?;
         println!("{}", ps.trim());
         Ok(())
     }
@@ -1204,7 +1383,9 @@ impl Suite {
         let state = self.volume_dir("gitreload_prometheus_state")?;
         let files_before = snapshot(&config)?;
         let mirror_before = snapshot(&state.join("mirror.git/objects/pack"))?;
-        let mirror_inode = fs::metadata(state.join("mirror.git")).map_err(|e| e.to_string())?.ino();
+        let mirror_inode = fs::metadata(state.join("mirror.git"))
+            .map_err(|e| e.to_string())?
+            .ino();
         let victim = self.containers("gitreload_prometheus")?;
         ensure(victim.len() == 1, || format!("{victim:?}"))?;
         docker(&["kill", &victim[0]])?;
@@ -1228,15 +1409,26 @@ impl Suite {
             .lines()
             .filter(|l| l.starts_with("gitreload_reload_total{") && !l.ends_with(" 0"))
             .collect();
-        ensure(reloads.is_empty(), || format!("the confirmed round was reloaded again: {reloads:?}"))?;
-        let logs = docker(&["logs", &replacement]).unwrap_or_default();
-        ensure(!logs.contains("reloading all targets"), || "the restart reloaded the targets".into())?;
-        ensure(snapshot(&config)? == files_before, || "a file on the config volume was rewritten".into())?;
-        ensure(snapshot(&state.join("mirror.git/objects/pack"))? == mirror_before, || {
-            "the mirror's packs changed (re-clone or fetch of known objects)".into()
+        ensure(reloads.is_empty(), || {
+            format!("the confirmed round was reloaded again: {reloads:?}")
         })?;
-        let inode = fs::metadata(state.join("mirror.git")).map_err(|e| e.to_string())?.ino();
-        ensure(inode == mirror_inode, || "mirror.git was recreated (re-clone)".into())?;
+        let logs = docker(&["logs", &replacement]).unwrap_or_default();
+        ensure(!logs.contains("reloading all targets"), || {
+            "the restart reloaded the targets".into()
+        })?;
+        ensure(snapshot(&config)? == files_before, || {
+            "a file on the config volume was rewritten".into()
+        })?;
+        ensure(
+            snapshot(&state.join("mirror.git/objects/pack"))? == mirror_before,
+            || "the mirror's packs changed (re-clone or fetch of known objects)".into(),
+        )?;
+        let inode = fs::metadata(state.join("mirror.git"))
+            .map_err(|e| e.to_string())?
+            .ino();
+        ensure(inode == mirror_inode, || {
+            "mirror.git was recreated (re-clone)".into()
+        })?;
         Ok(())
     }
 
@@ -1257,32 +1449,45 @@ impl Suite {
             &[("Content-Type", "application/json".into())],
             r#"{"ref":"refs/heads/main"}"#,
         )?;
-        ensure(status == 401, || format!("unsigned POST /sync: {status} {body}"))?;
+        ensure(status == 401, || {
+            format!("unsigned POST /sync: {status} {body}")
+        })?;
         let (status, body) = self.http(
             "POST",
             "http://tasks.gitreload_prometheus:9108/sync",
             &[("X-Hub-Signature-256", format!("sha256={}", "0".repeat(64)))],
             r#"{"ref":"refs/heads/main"}"#,
         )?;
-        ensure(status == 401, || format!("wrongly signed POST /sync: {status} {body}"))?;
+        ensure(status == 401, || {
+            format!("wrongly signed POST /sync: {status} {body}")
+        })?;
         self.commit_revision("webhook", false)?;
         let rev = self.current_rev();
         let (status, body) = self.signed_sync("gitreload_prometheus")?;
-        ensure((200..300).contains(&status), || format!("signed POST /sync: {status} {body}"))?;
+        ensure((200..300).contains(&status), || {
+            format!("signed POST /sync: {status} {body}")
+        })?;
         self.wait_prometheus(2, &rev)?;
         let m1 = self.gitreload_metrics("gitreload_prometheus")?;
-        ensure(accepted(&m1, "accepted") >= accepted(&m0, "accepted") + 1.0, || {
-            format!("accepted webhook not counted:\n{m1}")
-        })?;
-        ensure(accepted(&m1, "unauthorized") >= accepted(&m0, "unauthorized") + 2.0, || {
-            "unauthorized webhooks not counted".into()
-        })?;
+        ensure(
+            accepted(&m1, "accepted") >= accepted(&m0, "accepted") + 1.0,
+            || format!("accepted webhook not counted:\n{m1}"),
+        )?;
+        ensure(
+            accepted(&m1, "unauthorized") >= accepted(&m0, "unauthorized") + 2.0,
+            || "unauthorized webhooks not counted".into(),
+        )?;
         Ok(())
     }
 
     fn scale_to_three(&mut self) -> Outcome {
         let rev = self.current_rev();
-        docker(&["service", "scale", "--detach", &format!("{}=3", self.service("prometheus"))])?;
+        docker(&[
+            "service",
+            "scale",
+            "--detach",
+            &format!("{}=3", self.service("prometheus")),
+        ])?;
         let live = self.wait_prometheus(3, &rev)?;
         println!("replicas: {live:?}");
         Ok(())
@@ -1312,17 +1517,26 @@ impl Suite {
 
         // Application first: Prometheus has started (and exited, no config)
         // on the empty volume; its nocopy mount left the volume root's.
-        wait_for("Prometheus to have run on the empty volume", CONVERGE, || {
-            let ps = docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.swarm.service.name={}", self.service("prometheus")),
-                "--filter",
-                "status=exited",
-            ])?;
-            ensure(!ps.trim().is_empty(), || "no exited Prometheus container yet".into())
-        })?;
+        wait_for(
+            "Prometheus to have run on the empty volume",
+            CONVERGE,
+            || {
+                let ps = docker(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!(
+                        "label=com.docker.swarm.service.name={}",
+                        self.service("prometheus")
+                    ),
+                    "--filter",
+                    "status=exited",
+                ])?;
+                ensure(!ps.trim().is_empty(), || {
+                    "no exited Prometheus container yet".into()
+                })
+            },
+        )?;
         let config = self.volume_dir("prometheus_config")?;
         let meta = fs::metadata(&config).map_err(|e| e.to_string())?;
         println!(
@@ -1331,17 +1545,32 @@ impl Suite {
             meta.mode() & 0o7777,
             fs::read_dir(&config).map(|d| d.count()).unwrap_or(0)
         );
-        docker(&["service", "scale", "--detach", &format!("{}=1", self.service("gitreload_prometheus"))])?;
+        docker(&[
+            "service",
+            "scale",
+            "--detach",
+            &format!("{}=1", self.service("gitreload_prometheus")),
+        ])?;
         self.wait_prometheus(1, &rev)?;
         let meta = fs::metadata(config.join("prometheus.yml")).map_err(|e| e.to_string())?;
-        println!("prometheus.yml on the volume: uid {} mode {:o}", meta.uid(), meta.mode() & 0o7777);
+        println!(
+            "prometheus.yml on the volume: uid {} mode {:o}",
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
 
         // gitreload first: it writes the empty volume, then the
         // Alertmanagers start on it.
         let am = self.volume_dir("alertmanager_config")?;
-        wait_for("gitreload_alertmanager to deploy onto its empty volume", CONVERGE, || {
-            ensure(am.join("alertmanager.yml").is_file(), || "no alertmanager.yml yet".into())
-        })?;
+        wait_for(
+            "gitreload_alertmanager to deploy onto its empty volume",
+            CONVERGE,
+            || {
+                ensure(am.join("alertmanager.yml").is_file(), || {
+                    "no alertmanager.yml yet".into()
+                })
+            },
+        )?;
         let meta = fs::metadata(&am).map_err(|e| e.to_string())?;
         println!(
             "alertmanager_config after gitreload alone: uid {} mode {:o}",
@@ -1349,7 +1578,12 @@ impl Suite {
             meta.mode() & 0o7777
         );
         for service in ["alertmanager_1", "alertmanager_2"] {
-            docker(&["service", "scale", "--detach", &format!("{}=1", self.service(service))])?;
+            docker(&[
+                "service",
+                "scale",
+                "--detach",
+                &format!("{}=1", self.service(service)),
+            ])?;
         }
         self.wait_alertmanagers(self.last_am_revision())?;
         Ok(())
@@ -1460,7 +1694,10 @@ fn set_marker(text: &str, anchor: &str, marker: &str) -> String {
     while let Some(line) = lines.next() {
         out.push_str(line);
         if line == anchor {
-            if lines.peek().is_some_and(|l| l.trim_start().starts_with("revision: ")) {
+            if lines
+                .peek()
+                .is_some_and(|l| l.trim_start().starts_with("revision: "))
+            {
                 lines.next();
             }
             out.push_str(marker);
