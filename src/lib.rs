@@ -28,7 +28,7 @@
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
-//! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`], [`reload::Refusal`] |
+//! | [`reload`] | rounds of reload requests to every resolved address (host names taken as ASCII DNS names, so Swarm's `tasks.alertmanager_1` resolves) | [`reload::Progress`], [`reload::Refusal`] |
 //! | [`drift`] | watches the destination for changes by others | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
 //! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |
