@@ -28,7 +28,7 @@
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references from the allowed sources | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree, through [`confined`] handles; restores managed directories replaced by links | [`deploy::Manifest`], [`deploy::Report`] |
-//! | [`reload`] | rounds of reload requests to every resolved address; every decision of a round in a pure state machine (`reload::round`), the task only does the I/O | [`reload::Progress`], [`reload::Refusal`] |
+//! | [`reload`] | rounds of reload requests to every resolved address; host names taken as ASCII DNS names (Swarm's `tasks.alertmanager_1`); every decision of a round in a pure state machine (`reload::round`), the task only does the I/O | [`reload::Progress`], [`reload::Refusal`] |
 //! | [`drift`] | watches the destination for changes by others (its parent until deploy creates it; never writes) | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
 //! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |

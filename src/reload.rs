@@ -600,6 +600,14 @@ impl Task {
     }
 }
 
+/// The DNS name to look up for a target's host. Parsed as plain ASCII:
+/// hickory's default (`&str` as a name) runs IDNA, whose rules refuse `_`,
+/// and Swarm's service names, hence `tasks.alertmanager_1`, are full of it.
+fn dns_name(host: &str) -> Result<hickory_resolver::proto::rr::Name, String> {
+    hickory_resolver::proto::rr::Name::from_ascii(host)
+        .map_err(|e| format!("{host} is not a DNS name: {e}"))
+}
+
 async fn resolve(
     resolver: &hickory_resolver::TokioResolver,
     host: &str,
@@ -609,7 +617,7 @@ async fn resolve(
     }
     use hickory_resolver::proto::rr::{RData, RecordType};
     let lookup = resolver
-        .lookup(host, RecordType::A)
+        .lookup(dns_name(host)?, RecordType::A)
         .await
         .map_err(|e| e.to_string())?;
     let mut addresses: Vec<IpAddr> = lookup
@@ -626,4 +634,18 @@ async fn resolve(
         return Err(format!("{host} has no A records"));
     }
     Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_name;
+
+    #[test]
+    fn swarm_service_names_with_underscores_resolve_as_dns_names() {
+        // What hickory does with a bare &str: IDNA refuses the underscore.
+        assert!(hickory_resolver::proto::rr::Name::from_utf8("tasks.alertmanager_1").is_err());
+        let name = dns_name("tasks.alertmanager_1").unwrap();
+        assert_eq!(name.to_ascii(), "tasks.alertmanager_1");
+        assert!(dns_name("tasks.prometheus").is_ok());
+    }
 }

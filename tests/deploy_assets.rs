@@ -329,7 +329,8 @@ fn dockerfile_has_pinned_bases_a_non_root_user_a_healthcheck_and_the_checkers() 
         if stages.contains(&image) {
             continue;
         }
-        for (k, v) in &args {
+        // Latest first: a later ARG's default may name an earlier one.
+        for (k, v) in args.iter().rev() {
             image = image.replace(&format!("${{{k}}}"), v);
         }
         let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
