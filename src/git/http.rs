@@ -14,10 +14,14 @@
 //! - Only the first request of a fetch (the ref advertisement) follows a
 //!   redirect, never from https to http and never to another host (the
 //!   credentials would follow it); later requests go to the redirected base.
-//! - Every request is bounded by the client's timeouts.
+//! - Every request is bounded by the client's timeouts and, with its whole
+//!   response body, by the fetch's deadline: a server that trickles bytes
+//!   cannot hold the fetch's thread or connection past
+//!   `GITRELOAD_FETCH_TIMEOUT`.
 
 use std::io::{self, BufRead, Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use gix::protocol::transport::client::blocking_io::http::{
     GetResponse, Http, PostBodyDataKind, PostResponse,
@@ -37,15 +41,19 @@ pub struct Exchanges {
     redirected_base: Option<String>,
     /// Whether the next request may follow a redirect (the first one only).
     first_request: bool,
+    /// When the fetch must be over: each request, body included, ends by
+    /// then.
+    deadline: Instant,
 }
 
 impl Exchanges {
-    pub fn new(client: reqwest::blocking::Client) -> Exchanges {
+    pub fn new(client: reqwest::blocking::Client, deadline: Instant) -> Exchanges {
         Exchanges {
             client,
             extra_headers: Vec::new(),
             redirected_base: None,
             first_request: true,
+            deadline,
         }
     }
 
@@ -83,8 +91,17 @@ impl Exchanges {
                 Some(data) => self.client.post(&url).body(data.clone()),
                 None => self.client.get(&url),
             };
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the fetch timeout passed",
+                ));
+            }
+            // A request's timeout covers its response body too.
             let response = builder
                 .headers(map.clone())
+                .timeout(left)
                 .send()
                 .map_err(io::Error::other)?;
             let status = response.status();
@@ -359,6 +376,7 @@ impl Http for Exchanges {
             extra_headers: self.extra_headers.clone(),
             redirected_base: self.redirected_base.clone(),
             first_request: std::mem::replace(&mut self.first_request, false),
+            deadline: self.deadline,
         };
         let post = Arc::new(Mutex::new(Post {
             exchanges: Some(exchanges),
