@@ -959,26 +959,35 @@ impl DeadlineStream {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the fetch timeout passed",
-            ));
+            return Err(timed_out(std::io::ErrorKind::TimedOut.into()));
         }
         Ok(left)
+    }
+}
+
+/// A socket timeout (which the kernel reports as `EAGAIN`) as what it
+/// means here: the socket's timeout is the time left, so the deadline
+/// passed.
+fn timed_out(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the fetch timeout passed")
+        }
+        _ => e,
     }
 }
 
 impl std::io::Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.stream.set_read_timeout(Some(self.left()?))?;
-        self.stream.read(buf)
+        self.stream.read(buf).map_err(timed_out)
     }
 }
 
 impl std::io::Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.stream.set_write_timeout(Some(self.left()?))?;
-        self.stream.write(buf)
+        self.stream.write(buf).map_err(timed_out)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
