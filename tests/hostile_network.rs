@@ -117,8 +117,7 @@ fn signature(secret: &str, body: &str) -> String {
 /// connection and returns the status line of the answer, or what happened.
 fn raw_request(addr: &str, head: &str) -> String {
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     conn.write_all(head.as_bytes()).unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
