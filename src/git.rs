@@ -269,7 +269,8 @@ pub struct Mirror {
     url: RepoUrl,
     /// How to authenticate to `url` and verify it.
     credentials: Credentials,
-    /// Longest a git:// read or write, or an HTTP request, may take.
+    /// Longest one fetch may take (`GITRELOAD_FETCH_TIMEOUT`): every read,
+    /// write, request and child process of a fetch ends by then.
     io_timeout: std::time::Duration,
     /// The HTTP client kept between fetches, with the CA certificates it
     /// was built with.
@@ -279,7 +280,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// A mirror at `state_dir/mirror.git` of `url`. Nothing is touched yet.
-    /// `io_timeout` bounds each read and write on a git:// connection.
+    /// `io_timeout` bounds each fetch as a whole (see [`Mirror::fetch`]).
     pub fn new(
         state_dir: &Path,
         url: RepoUrl,
@@ -307,7 +308,8 @@ impl Mirror {
     /// Fetches from upstream and resolves `wanted` (branch, tag, full
     /// commit id, or `None` for the remote's HEAD). Creates the mirror on
     /// first use and rebuilds it when it is unreadable or has grown too many
-    /// packs.
+    /// packs. Returns within about `io_timeout`, whatever the server does:
+    /// its connections are closed and its child processes killed by then.
     pub fn fetch(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
         let fetch = Attempt {
             wanted,
