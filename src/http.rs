@@ -54,8 +54,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Longest a client may take to send a request's headers; also how long an
-/// idle keep-alive connection is kept (shorter than Prometheus' default
-/// scrape interval would be pointless to keep anyway).
+/// idle keep-alive connection is kept open (hyper starts the clock when it
+/// waits for the next request).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest a client may take to send a whole webhook body.
