@@ -316,6 +316,24 @@ impl Mirror {
             interrupt,
             deadline: Instant::now() + self.io_timeout,
         };
+        let result = self.fetch_before(&fetch);
+        // Whatever broke off at the deadline (a read, a request, a killed
+        // ssh) failed because time ran out: say so.
+        match result {
+            Err(GitError::Fetch { .. } | GitError::Access { .. })
+                if Instant::now() >= fetch.deadline =>
+            {
+                Err(GitError::Timeout {
+                    url: self.url.redacted(),
+                    timeout: humantime::format_duration(self.io_timeout).to_string(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// [`Mirror::fetch`] within `fetch.deadline`.
+    fn fetch_before(&self, fetch: &Attempt<'_>) -> Result<Fetched, GitError> {
         let session = self
             .credentials
             .prepare(&self.state_dir, &self.url)
@@ -331,14 +349,14 @@ impl Mirror {
             }
             Err(_) if self.path.exists() => {
                 tracing::warn!(path = %self.path.display(), "mirror unreadable, rebuilding");
-                return self.rebuild(&session, &fetch);
+                return self.rebuild(&session, fetch);
             }
             Err(_) => self.init(&self.path, &session.config)?,
         };
-        let fetched = self.fetch_into(&repo, &session, &fetch)?;
+        let fetched = self.fetch_into(&repo, &session, fetch)?;
         if count_packs(&self.path) > MAX_PACKS {
             tracing::info!(path = %self.path.display(), "compacting mirror");
-            return self.rebuild(&session, &fetch);
+            return self.rebuild(&session, fetch);
         }
         Ok(fetched)
     }
