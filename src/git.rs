@@ -7,6 +7,21 @@
 //!   what the remote advertises *now*, so a force-push, a history rewrite or
 //!   a rollback upstream is followed exactly, and a branch deleted upstream
 //!   is reported as missing instead of served from a stale local ref.
+//! - Only the wanted ref is fetched ([`refspecs_for`]): the branch, the tag
+//!   (with its tag object) or the commit, never other branches or tags (no
+//!   tag following), so a huge blob or thousands of tags elsewhere in the
+//!   repository cost nothing. A pinned commit is asked for by its id; only
+//!   a server that refuses that (protocol v0/v1 without
+//!   `uploadpack.allowReachableSHA1InWant`) gets the old request for every
+//!   branch and tag.
+//! - A fetch ends by `GITRELOAD_FETCH_TIMEOUT` on its own: git:// reads and
+//!   writes, and every smart HTTP request with its body, are cut at the
+//!   fetch's deadline, so an abandoned fetch closes its socket and frees its
+//!   thread even against a server that trickles bytes.
+//! - Running out of file descriptors, memory or disk space is a plain,
+//!   retried failure: a mirror is judged damaged (and rebuilt or discarded)
+//!   only on evidence read from it, never because a file could not be
+//!   opened.
 //! - The mirror never stores the URL (which may carry credentials): the
 //!   remote is anonymous, given at each fetch. Credentials are prepared anew
 //!   for every fetch by [`crate::credentials`] (the password file re-read, the
@@ -25,6 +40,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use gix::objs::tree::EntryKind;
 use gix::prelude::FindExt;
@@ -48,10 +64,33 @@ const HTTP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50
 /// objects adds one pack, and gix does not repack).
 pub const MAX_PACKS: usize = 64;
 
-const REFSPECS: &[&str] = &[
+/// Every branch and tag: only for a pinned commit that the server would not
+/// hand out by its id.
+const ALL_REFSPECS: &[&str] = &[
     "+refs/heads/*:refs/remotes/origin/*",
     "+refs/tags/*:refs/tags/*",
 ];
+
+/// The forced refspecs that fetch `wanted` and nothing else: the remote's
+/// HEAD, a branch or tag by short name (whichever exists), a full ref name,
+/// or a commit by its id.
+pub fn refspecs_for(wanted: Option<&str>) -> Vec<String> {
+    match wanted {
+        None => vec!["+HEAD:refs/remotes/origin/HEAD".into()],
+        Some(id) if CommitId::parse(id).is_some() => {
+            let id = id.to_ascii_lowercase();
+            vec![format!("+{id}:refs/pinned/{id}")]
+        }
+        Some(full) => match full.strip_prefix("refs/heads/") {
+            Some(branch) => vec![format!("+{full}:refs/remotes/origin/{branch}")],
+            None if full.starts_with("refs/") => vec![format!("+{full}:{full}")],
+            None => vec![
+                format!("+refs/heads/{full}:refs/remotes/origin/{full}"),
+                format!("+refs/tags/{full}:refs/tags/{full}"),
+            ],
+        },
+    }
+}
 
 /// A full commit id, 40 hex digits.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -230,7 +269,8 @@ pub struct Mirror {
     url: RepoUrl,
     /// How to authenticate to `url` and verify it.
     credentials: Credentials,
-    /// Longest a git:// read or write, or an HTTP request, may take.
+    /// Longest one fetch may take (`GITRELOAD_FETCH_TIMEOUT`): every read,
+    /// write, request and child process of a fetch ends by then.
     io_timeout: std::time::Duration,
     /// The HTTP client kept between fetches, with the CA certificates it
     /// was built with.
@@ -240,7 +280,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// A mirror at `state_dir/mirror.git` of `url`. Nothing is touched yet.
-    /// `io_timeout` bounds each read and write on a git:// connection.
+    /// `io_timeout` bounds each fetch as a whole (see [`Mirror::fetch`]).
     pub fn new(
         state_dir: &Path,
         url: RepoUrl,
@@ -268,8 +308,32 @@ impl Mirror {
     /// Fetches from upstream and resolves `wanted` (branch, tag, full
     /// commit id, or `None` for the remote's HEAD). Creates the mirror on
     /// first use and rebuilds it when it is unreadable or has grown too many
-    /// packs.
+    /// packs. Returns within about `io_timeout`, whatever the server does:
+    /// its connections are closed and its child processes killed by then.
     pub fn fetch(&self, wanted: Option<&str>, interrupt: &AtomicBool) -> Result<Fetched, GitError> {
+        let fetch = Attempt {
+            wanted,
+            interrupt,
+            deadline: Instant::now() + self.io_timeout,
+        };
+        let result = self.fetch_before(&fetch);
+        // Whatever broke off at the deadline (a read, a request, a killed
+        // ssh) failed because time ran out: say so.
+        match result {
+            Err(GitError::Fetch { .. } | GitError::Access { .. })
+                if Instant::now() >= fetch.deadline =>
+            {
+                Err(GitError::Timeout {
+                    url: self.url.redacted(),
+                    timeout: humantime::format_duration(self.io_timeout).to_string(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// [`Mirror::fetch`] within `fetch.deadline`.
+    fn fetch_before(&self, fetch: &Attempt<'_>) -> Result<Fetched, GitError> {
         let session = self
             .credentials
             .prepare(&self.state_dir, &self.url)
@@ -277,36 +341,35 @@ impl Mirror {
                 url: self.url.redacted(),
                 source,
             })?;
-        let repo = match self.open_with(&self.path, &session.config) {
+        let repo = match open_repo(&self.path, &session.config) {
             Ok(repo) => repo,
+            // Out of file descriptors or memory: the mirror is not at fault.
+            Err(e) if self.path.exists() && out_of_resources(&e) => {
+                return Err(self.mirror_error(describe(&e)))
+            }
             Err(_) if self.path.exists() => {
                 tracing::warn!(path = %self.path.display(), "mirror unreadable, rebuilding");
-                return self.rebuild(&session, wanted, interrupt);
+                return self.rebuild(&session, fetch);
             }
             Err(_) => self.init(&self.path, &session.config)?,
         };
-        let fetched = self.fetch_into(&repo, &session, wanted, interrupt)?;
+        let fetched = self.fetch_into(&repo, &session, fetch)?;
         if count_packs(&self.path) > MAX_PACKS {
             tracing::info!(path = %self.path.display(), "compacting mirror");
-            return self.rebuild(&session, wanted, interrupt);
+            return self.rebuild(&session, fetch);
         }
         Ok(fetched)
     }
 
     /// Fetches into a fresh mirror beside the current one and swaps it in,
     /// so a failed rebuild leaves the old mirror in place.
-    fn rebuild(
-        &self,
-        session: &Session,
-        wanted: Option<&str>,
-        interrupt: &AtomicBool,
-    ) -> Result<Fetched, GitError> {
+    fn rebuild(&self, session: &Session, fetch: &Attempt<'_>) -> Result<Fetched, GitError> {
         let fresh = self.path.with_extension("new");
         let old = self.path.with_extension("old");
         let _ = std::fs::remove_dir_all(&fresh);
         let _ = std::fs::remove_dir_all(&old);
         let repo = self.init(&fresh, &session.config)?;
-        let fetched = self.fetch_into(&repo, session, wanted, interrupt)?;
+        let fetched = self.fetch_into(&repo, session, fetch)?;
         drop(repo);
         let swap = || -> std::io::Result<()> {
             if self.path.exists() {
@@ -330,9 +393,7 @@ impl Mirror {
     /// Opens the mirror at `path`; `config` (`key=value`) overrides the
     /// repository's configuration in memory only.
     fn open_with(&self, path: &Path, config: &[String]) -> Result<gix::Repository, GitError> {
-        let options =
-            gix::open::Options::isolated().config_overrides(config.iter().map(String::as_str));
-        gix::open_opts(path, options).map_err(|e| self.mirror_error(describe(&e)))
+        open_repo(path, config).map_err(|e| self.mirror_error(describe(&e)))
     }
 
     fn open(&self) -> Result<gix::Repository, GitError> {
@@ -359,17 +420,25 @@ impl Mirror {
         &self,
         repo: &gix::Repository,
         session: &Session,
-        wanted: Option<&str>,
-        interrupt: &AtomicBool,
+        fetch: &Attempt<'_>,
     ) -> Result<Fetched, GitError> {
-        let result = self.fetch_refs(repo, session, interrupt);
+        let specs = refspecs_for(fetch.wanted);
+        let mut result = self.fetch_refs(repo, session, &specs, fetch);
+        let pinned = fetch.wanted.is_some_and(|w| CommitId::parse(w).is_some());
+        if pinned && matches!(result, Err(GitError::Fetch { .. })) {
+            // A server that hands out only advertised objects: look for the
+            // commit in every branch and tag, as git does.
+            *self.http_client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let all: Vec<String> = ALL_REFSPECS.iter().map(|s| s.to_string()).collect();
+            result = self.fetch_refs(repo, session, &all, fetch);
+        }
         match &result {
             Ok(_) => self.credentials.succeeded(session),
             // A fresh client (and connections) for the next attempt.
             Err(_) => *self.http_client.lock().unwrap_or_else(|e| e.into_inner()) = None,
         }
         let refs = result?;
-        self.resolve(repo, &refs, wanted)
+        self.resolve(repo, &refs, fetch.wanted)
     }
 
     /// Connects with this session's credentials, fetches, and returns what
@@ -378,25 +447,35 @@ impl Mirror {
         &self,
         repo: &gix::Repository,
         session: &Session,
-        interrupt: &AtomicBool,
+        specs: &[String],
+        fetch: &Attempt<'_>,
     ) -> Result<Vec<gix::protocol::handshake::Ref>, GitError> {
         let remote = repo
             .remote_at(self.url.expose())
-            .and_then(|r| r.with_refspecs(REFSPECS.iter().copied(), Direction::Fetch))
-            .map_err(|e| self.fetch_error(session, &e))?;
+            .and_then(|r| r.with_refspecs(specs.iter().map(String::as_str), Direction::Fetch))
+            .map_err(|e| self.fetch_error(session, &e))?
+            // Tags that point into the fetched history are not wanted
+            // either: with thousands of them, listing alone costs.
+            .with_fetch_tags(gix::remote::fetch::Tags::None);
         let login = session.login.clone();
         let own = if self.url.is_http() {
             let client = self.http_client(session)?;
-            self.http_transport(&remote, client).map(Some)
+            self.http_transport(&remote, client, fetch.deadline)
+                .map(Some)
         } else {
-            self.git_daemon_transport(&remote)
+            self.git_daemon_transport(&remote, fetch.deadline)
         };
         let own = own.map_err(|e| self.fetch_error(session, e.as_ref()))?;
+        // Declared before the connection, so it outlives it (see its docs).
+        let _watchdog;
         let connection = match own {
             Some(transport) => remote.to_connection_with_transport(transport),
-            None => remote
-                .connect(Direction::Fetch)
-                .map_err(|e| self.fetch_error(session, &e))?,
+            None => {
+                _watchdog = ChildWatchdog::start(fetch.deadline);
+                remote
+                    .connect(Direction::Fetch)
+                    .map_err(|e| self.fetch_error(session, &e))?
+            }
         };
         let connection = connection
             // Asked only when the server answers 401; never runs a helper
@@ -418,18 +497,8 @@ impl Mirror {
                     _ => None,
                 })
             });
-        let options = gix::remote::ref_map::Options {
-            // HEAD is not covered by the refspecs but tells the default branch.
-            extra_refspecs: vec![gix::refspec::parse(
-                "HEAD".into(),
-                gix::refspec::parse::Operation::Fetch,
-            )
-            .expect("static refspec")
-            .to_owned()],
-            ..Default::default()
-        };
         let prepared = connection
-            .prepare_fetch(gix::progress::Discard, options)
+            .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| self.fetch_error(session, &e))?;
         // Nothing moved upstream (the common poll): no negotiation and no
         // ref transaction.
@@ -437,7 +506,7 @@ impl Mirror {
             return Ok(prepared.ref_map().remote_refs.clone());
         }
         let outcome = prepared
-            .receive(gix::progress::Discard, interrupt)
+            .receive(gix::progress::Discard, fetch.interrupt)
             .map_err(|e| self.fetch_error(session, &e))?;
         Ok(outcome.ref_map.remote_refs)
     }
@@ -446,11 +515,13 @@ impl Mirror {
     /// `TCP_NODELAY`, because the protocol sends each request as several
     /// small writes and Nagle's algorithm would hold each one back until
     /// the server's delayed ACK (40 ms per exchange); and with read and
-    /// write timeouts, so an abandoned fetch cannot keep its thread
-    /// blocked. `None` for every other scheme, which gix connects itself.
+    /// write timeouts up to the fetch's `deadline` ([`DeadlineStream`]), so
+    /// an abandoned fetch cannot keep its thread blocked. `None` for every
+    /// other scheme, which gix connects itself.
     fn git_daemon_transport(
         &self,
         remote: &gix::Remote<'_>,
+        deadline: Instant,
     ) -> Result<Option<Box<dyn Transport + Send>>, BoxError> {
         if !self.url.expose().starts_with("git://") {
             return Ok(None);
@@ -462,14 +533,16 @@ impl Mirror {
             std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port.unwrap_or(9418)))?
                 .next()
                 .ok_or("the host has no address")?;
-        let stream = std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let stream = std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT.min(left))?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(self.io_timeout))?;
-        stream.set_write_timeout(Some(self.io_timeout))?;
-        let reader = stream.try_clone()?;
+        let reader = DeadlineStream {
+            stream: stream.try_clone()?,
+            deadline,
+        };
         // gix writes each pkt-line on its own and flushes at the end of a
         // request: one segment a request instead of one a line.
-        let writer = std::io::BufWriter::new(stream);
+        let writer = std::io::BufWriter::new(DeadlineStream { stream, deadline });
         Ok(Some(Box::new(git_daemon::Connection::new(
             reader,
             writer,
@@ -486,10 +559,11 @@ impl Mirror {
         &self,
         remote: &gix::Remote<'_>,
         client: reqwest::blocking::Client,
+        deadline: Instant,
     ) -> Result<Box<dyn Transport + Send>, BoxError> {
         let (url, version) = remote.sanitized_url_and_version(Direction::Fetch)?;
         Ok(Box::new(HttpTransport::new_http(
-            http::Exchanges::new(client)
+            http::Exchanges::new(client, deadline)
                 .allow_cleartext_credentials(self.credentials.allow_insecure_http),
             url,
             version,
@@ -641,25 +715,50 @@ impl Mirror {
         if !self.path.exists() {
             return false;
         }
-        let Ok(repo) = self.open() else { return true };
-        let Ok(platform) = repo.references() else {
-            return true;
+        // A judgement needs files opened: when none can be, the mirror is
+        // not at fault and is left alone.
+        if let Err(e) = std::fs::File::open(self.path.join("HEAD")) {
+            if out_of_resources(&e) {
+                tracing::warn!(
+                    target: "gitreload::git",
+                    path = %self.path.display(),
+                    error = %e,
+                    "cannot check the mirror: out of resources; it is kept"
+                );
+                return false;
+            }
+        }
+        // Damaged only when the failure is not the system running out.
+        let damaged = |e: &(dyn std::error::Error + 'static)| !out_of_resources(e);
+        let repo = match open_repo(&self.path, &[]) {
+            Ok(repo) => repo,
+            Err(e) => return damaged(&e),
         };
-        let Ok(refs) = platform.all() else {
-            return true;
+        let platform = match repo.references() {
+            Ok(p) => p,
+            Err(e) => return damaged(&e),
+        };
+        let refs = match platform.all() {
+            Ok(r) => r,
+            Err(e) => return damaged(&e),
         };
         for reference in refs {
-            let Ok(mut reference) = reference else {
-                return true;
+            let mut reference = match reference {
+                Ok(r) => r,
+                Err(e) => return damaged(&e),
             };
-            let Ok(id) = reference.peel_to_id() else {
-                return true;
+            let id = match reference.peel_to_id() {
+                Ok(id) => id,
+                Err(e) => return damaged(&e),
             };
-            let Ok(object) = id.object() else { return true };
+            let object = match id.object() {
+                Ok(o) => o,
+                Err(e) => return damaged(&e),
+            };
             // Tags may name trees or blobs; only a commit has a tree to read.
             if let Ok(commit) = object.try_into_commit() {
-                if commit.tree().is_err() {
-                    return true;
+                if let Err(e) = commit.tree() {
+                    return damaged(&e);
                 }
             }
         }
@@ -857,6 +956,163 @@ fn up_to_date(repo: &gix::Repository, map: &gix::remote::fetch::RefMap) -> bool 
     })
 }
 
+/// One fetch: what it wants and until when it may run.
+struct Attempt<'a> {
+    wanted: Option<&'a str>,
+    interrupt: &'a AtomicBool,
+    /// When `GITRELOAD_FETCH_TIMEOUT` ends this fetch; no read or write on
+    /// its connections outlives it.
+    deadline: Instant,
+}
+
+/// A git:// socket whose every read and write ends by `deadline`: the
+/// socket timeout is the time left, and once it is gone the socket is shut
+/// down. A per-read timeout alone would let a server that trickles a byte
+/// at a time hold the fetch's thread and socket forever.
+struct DeadlineStream {
+    stream: std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    /// The time left, or the error that ends the fetch.
+    fn left(&self) -> std::io::Result<std::time::Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            return Err(timed_out(std::io::ErrorKind::TimedOut.into()));
+        }
+        Ok(left)
+    }
+}
+
+/// A socket timeout (which the kernel reports as `EAGAIN`) as what it
+/// means here: the socket's timeout is the time left, so the deadline
+/// passed.
+fn timed_out(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the fetch timeout passed")
+        }
+        _ => e,
+    }
+}
+
+impl std::io::Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf).map_err(timed_out)
+    }
+}
+
+impl std::io::Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf).map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Ends a fetch that runs through a child process (ssh, or `git
+/// upload-pack` for a local path) at its deadline: gix reads the child's
+/// output without a timeout, so a server that trickles bytes would hold the
+/// fetch's thread, and the child, forever. At the deadline the children
+/// this thread started are killed; the read then ends and gix reaps them.
+/// (gix does not tell us the child's id: Linux lists a thread's children in
+/// `/proc/self/task/TID/children`.)
+struct ChildWatchdog {
+    /// Dropped when the fetch is over: the watchdog then ends at once.
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChildWatchdog {
+    /// Watches the children the calling thread will start.
+    fn start(deadline: Instant) -> ChildWatchdog {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("fetch-deadline".into())
+            .spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
+                    let children =
+                        std::fs::read_to_string(format!("/proc/self/task/{tid}/children"))
+                            .unwrap_or_default();
+                    for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+                        // Our own child, not reaped yet (gix waits for it
+                        // only after its output ends): the id is not reused.
+                        // SAFETY: kill(2) has no memory effects.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    if !children.trim().is_empty() {
+                        tracing::warn!(
+                            target: "gitreload::git",
+                            "fetch timeout passed; its ssh or upload-pack process was killed"
+                        );
+                    }
+                }
+            })
+            .ok();
+        ChildWatchdog {
+            done: Some(done),
+            thread,
+        }
+    }
+}
+
+impl Drop for ChildWatchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens the repository at `path`; `config` (`key=value`) overrides its
+/// configuration in memory only.
+fn open_repo(path: &Path, config: &[String]) -> Result<gix::Repository, gix::Error> {
+    let options =
+        gix::open::Options::isolated().config_overrides(config.iter().map(String::as_str));
+    gix::open_opts(path, options)
+}
+
+/// The system errors that say nothing about the mirror: out of file
+/// descriptors (per process or system-wide), memory or disk space.
+const RESOURCE_ERRORS: [i32; 4] = [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::ENOSPC];
+
+/// True when `error` or one of its causes is the system running out of a
+/// resource ([`RESOURCE_ERRORS`]). gix does not always keep the
+/// `io::Error` as a cause, so its text is checked too.
+fn out_of_resources(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .raw_os_error()
+                .is_some_and(|c| RESOURCE_ERRORS.contains(&c))
+            {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    let text = describe(error);
+    RESOURCE_ERRORS.iter().any(|&code| {
+        let marker = format!(" (os error {code})");
+        let shown = std::io::Error::from_raw_os_error(code).to_string();
+        text.contains(&marker)
+            || shown
+                .strip_suffix(&marker)
+                .is_some_and(|t| text.contains(t))
+    })
+}
+
 fn count_packs(mirror: &Path) -> usize {
     std::fs::read_dir(mirror.join("objects/pack"))
         .map(|dir| {
@@ -879,4 +1135,63 @@ pub fn describe(error: &dyn std::error::Error) -> String {
         current = e.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_wanted_ref_is_in_the_refspecs() {
+        assert_eq!(refspecs_for(None), ["+HEAD:refs/remotes/origin/HEAD"]);
+        assert_eq!(
+            refspecs_for(Some("main")),
+            [
+                "+refs/heads/main:refs/remotes/origin/main",
+                "+refs/tags/main:refs/tags/main"
+            ]
+        );
+        assert_eq!(
+            refspecs_for(Some("refs/heads/release/1")),
+            ["+refs/heads/release/1:refs/remotes/origin/release/1"]
+        );
+        assert_eq!(
+            refspecs_for(Some("refs/tags/v1")),
+            ["+refs/tags/v1:refs/tags/v1"]
+        );
+        let id = "0123456789ABCDEF0123456789abcdef01234567";
+        assert_eq!(
+            refspecs_for(Some(id)),
+            [format!("+{0}:refs/pinned/{0}", id.to_ascii_lowercase())]
+        );
+        for wanted in [None, Some("main"), Some("refs/tags/v1"), Some(id)] {
+            for spec in refspecs_for(wanted) {
+                assert!(spec.starts_with('+'), "{spec} is not forced");
+                assert!(!spec.contains('*'), "{spec} fetches more than one ref");
+            }
+        }
+    }
+
+    #[test]
+    fn running_out_of_descriptors_memory_or_space_is_not_damage() {
+        for code in RESOURCE_ERRORS {
+            let error = std::io::Error::from_raw_os_error(code);
+            assert!(out_of_resources(&error), "{error}");
+            // Only the text survives in some gix errors.
+            let wrapped = GitError::Mirror {
+                path: "/m".into(),
+                message: format!("opening HEAD: {error}"),
+            };
+            assert!(out_of_resources(&wrapped), "{wrapped}");
+        }
+        for code in [libc::ENOENT, libc::EIO, libc::EACCES] {
+            let error = std::io::Error::from_raw_os_error(code);
+            assert!(!out_of_resources(&error), "{error}");
+        }
+        let corrupt = GitError::Read {
+            commit: "c".into(),
+            message: "object is corrupt".into(),
+        };
+        assert!(!out_of_resources(&corrupt));
+    }
 }

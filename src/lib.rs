@@ -22,7 +22,7 @@
 //! | module | what it does | data out |
 //! |---|---|---|
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
-//! | [`git`] | private bare mirror in the state dir; fetch (git:// on our own socket, smart HTTP on one kept client), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
+//! | [`git`] | private bare mirror in the state dir; fetch only the wanted ref (git:// on our own socket, smart HTTP on one kept client, both cut at the fetch deadline), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
 //! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references from the allowed sources | plaintext for staging, [`secrets::Redactions`] |
@@ -32,7 +32,7 @@
 //! | [`drift`] | watches the destination for changes by others (its parent until deploy creates it; never writes) | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
 //! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |
-//! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
+//! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` (throttled); connection, header-time and body limits | a webhook wake-up of the loop |
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
 //! | [`redact`] | which parts of URLs and messages are secret; every known secret scrubbed from logs, errors, panics | |
@@ -75,7 +75,14 @@
 //!   parameter of a URL (`?token=`, ...). Credentials are never sent over
 //!   plain http:// unless `GITRELOAD_ALLOW_INSECURE_HTTP=true`. The one secret the state dir may hold is a 0600 copy of
 //!   an SSH key that ssh would refuse where it was mounted (`ssh/id`).
-//! - Every loop is driven by a timer or an event; nothing busy-waits.
+//! - Every loop is driven by a timer or an event; nothing busy-waits (a
+//!   failing `accept` backs off).
+//! - Everything the network can send is bounded before it is held: HTTP
+//!   connections, header time, webhook bodies (size and time), webhook
+//!   syncs (throttled), and fetches (only the wanted ref, ended at the fetch
+//!   deadline).
+//! - Running out of file descriptors, memory or disk space is a retried
+//!   failure, never evidence that the mirror is damaged.
 
 pub mod check;
 pub mod confined;

@@ -14,7 +14,10 @@
 //! - Only the first request of a fetch (the ref advertisement) follows a
 //!   redirect, never from https to http and never to another host (the
 //!   credentials would follow it); later requests go to the redirected base.
-//! - Every request is bounded by the client's timeouts.
+//! - Every request is bounded by the client's timeouts and, with its whole
+//!   response body, by the fetch's deadline: a server that trickles bytes
+//!   cannot hold the fetch's thread or connection past
+//!   `GITRELOAD_FETCH_TIMEOUT`.
 //! - An `Authorization` header never goes over plain http:// unless the
 //!   operator allowed it ([`Exchanges::allow_cleartext_credentials`], from
 //!   `GITRELOAD_ALLOW_INSECURE_HTTP`). gix's own refusal is compiled out
@@ -22,6 +25,7 @@
 
 use std::io::{self, BufRead, Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use gix::protocol::transport::client::blocking_io::http::{
     GetResponse, Http, PostBodyDataKind, PostResponse,
@@ -43,16 +47,20 @@ pub struct Exchanges {
     first_request: bool,
     /// Whether credentials may be sent over plain http://.
     cleartext_credentials: bool,
+    /// When the fetch must be over: each request, body included, ends by
+    /// then.
+    deadline: Instant,
 }
 
 impl Exchanges {
-    pub fn new(client: reqwest::blocking::Client) -> Exchanges {
+    pub fn new(client: reqwest::blocking::Client, deadline: Instant) -> Exchanges {
         Exchanges {
             client,
             extra_headers: Vec::new(),
             redirected_base: None,
             first_request: true,
             cleartext_credentials: false,
+            deadline,
         }
     }
 
@@ -108,8 +116,17 @@ impl Exchanges {
                 Some(data) => self.client.post(&url).body(data.clone()),
                 None => self.client.get(&url),
             };
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the fetch timeout passed",
+                ));
+            }
+            // A request's timeout covers its response body too.
             let response = builder
                 .headers(map.clone())
+                .timeout(left)
                 .send()
                 .map_err(io::Error::other)?;
             let status = response.status();
@@ -385,6 +402,7 @@ impl Http for Exchanges {
             redirected_base: self.redirected_base.clone(),
             first_request: std::mem::replace(&mut self.first_request, false),
             cleartext_credentials: self.cleartext_credentials,
+            deadline: self.deadline,
         };
         let post = Arc::new(Mutex::new(Post {
             exchanges: Some(exchanges),
