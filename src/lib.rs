@@ -41,7 +41,9 @@
 //!
 //! ## Invariants
 //! - The destination only receives a staged tree that passed the checker;
-//!   any failure leaves the last good config live, byte for byte. Deploy
+//!   any failure leaves the last good config live, byte for byte. Drift
+//!   repair and rollback stage the commit anew and run the checker on it
+//!   like any new commit (its secrets may have changed since). Deploy
 //!   hashes every byte it copies: a staged file changed after staging (by
 //!   the checker) fails the deploy instead of reaching the volume.
 //! - Only [`deploy`] writes to the destination (it alone creates it), and

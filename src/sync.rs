@@ -100,6 +100,27 @@ impl Health {
     }
 }
 
+/// Why a commit is staged and deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Upstream moved to it (or it is restaged with this process's secrets).
+    Upstream,
+    /// The live commit, put back over drift.
+    Repair,
+    /// The commit before one every replica refused.
+    Rollback,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::Upstream => "upstream",
+            Why::Repair => "repair",
+            Why::Rollback => "rollback",
+        }
+    }
+}
+
 /// The end of one sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -329,7 +350,7 @@ impl Pipeline {
         let previous = self.deployed.as_ref().map(|m| m.commit.short().to_string());
         let began = Instant::now();
         let report = match self
-            .deploy_commit(&fetched.commit, &fetched.resolved_ref, true)
+            .deploy_commit(&fetched.commit, &fetched.resolved_ref, Why::Upstream)
             .await
         {
             Ok(report) => report,
@@ -401,7 +422,7 @@ impl Pipeline {
             return None;
         }
         let report = match self
-            .deploy_commit(&manifest.commit, &manifest.resolved_ref, false)
+            .deploy_commit(&manifest.commit, &manifest.resolved_ref, Why::Repair)
             .await
         {
             Ok(report) => report,
@@ -444,7 +465,7 @@ impl Pipeline {
             return;
         };
         match self
-            .deploy_commit(&previous, &manifest.resolved_ref, false)
+            .deploy_commit(&previous, &manifest.resolved_ref, Why::Rollback)
             .await
         {
             Ok(report) => {
@@ -535,13 +556,16 @@ impl Pipeline {
         result
     }
 
-    /// Materializes `commit`, checks it (when `check`) and deploys it. On
-    /// failure the reason is logged and the sync's outcome returned.
+    /// Materializes `commit`, checks it and deploys it. On failure the
+    /// reason is logged and the sync's outcome returned. Whatever `why`,
+    /// the checker runs: a repair or rollback stages the commit anew (its
+    /// secrets are read again), so the bytes it would publish may not be
+    /// the ones checked before.
     async fn deploy_commit(
         &mut self,
         commit: &CommitId,
         resolved_ref: &str,
-        check: bool,
+        why: Why,
     ) -> Result<deploy::Report, Outcome> {
         let staged = match self.materialize(commit).await {
             Ok(s) => s,
@@ -551,9 +575,12 @@ impl Pipeline {
                     commit = %commit.short(),
                     path = %path,
                     reason = %reason,
+                    why = why.as_str(),
                     "commit rejected"
                 );
-                self.reject(commit);
+                if why == Why::Upstream {
+                    self.reject(commit);
+                }
                 return Err(Outcome::CheckFailed);
             }
             Err(MaterializeError::Git(e)) => {
@@ -567,7 +594,7 @@ impl Pipeline {
             }
         };
         let result = self
-            .check_and_deploy(commit, resolved_ref, staged, check)
+            .check_and_deploy(commit, resolved_ref, staged, why)
             .await;
         // A failed deploy may have met a staged file that changed: the next
         // sync stages afresh. Plaintext never outlives the sync.
@@ -644,9 +671,9 @@ impl Pipeline {
         commit: &CommitId,
         resolved_ref: &str,
         staged: Staged,
-        check: bool,
+        why: Why,
     ) -> Result<deploy::Report, Outcome> {
-        if let (true, Some(checker)) = (check, &self.checker) {
+        if let Some(checker) = &self.checker {
             let began = Instant::now();
             let verdict = checker.run(&staged.dir).await;
             if let Some(staging) = &mut self.staging {
@@ -678,9 +705,15 @@ impl Pipeline {
                         checker = %checker.describe(),
                         status = %status,
                         output = %output,
+                        why = why.as_str(),
                         "commit rejected"
                     );
-                    self.reject(commit);
+                    // A repair or rollback that fails its check leaves the
+                    // live commit as it is; only a new upstream commit is
+                    // remembered as rejected.
+                    if why == Why::Upstream {
+                        self.reject(commit);
+                    }
                     return Err(Outcome::CheckFailed);
                 }
             }

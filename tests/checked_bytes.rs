@@ -126,6 +126,7 @@ fn rollback_after_a_secret_changed_deploys_only_checked_bytes() {
     let prom = Prometheus::start_on("127.0.0.92", port, &s.dest());
     let mut run = gitreload(&s, &checker)
         .env("GITRELOAD_TARGETS", prom.reload_url())
+        .env("GITRELOAD_INTERVAL", "300ms")
         .spawn();
     run.wait_for_event(WAIT, "reload confirmed on every target");
 
