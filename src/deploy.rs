@@ -34,8 +34,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::git::CommitId;
-use crate::materialize::{FileKind, Staged, Stamp};
+use crate::materialize::{ContentHasher, FileKind, Staged, Stamp};
 use crate::settings::Owner;
+use crate::state::ContentKey;
 use crate::state::{self, StateError};
 
 /// Prefix of gitreload's temp and backup files in the destination.
@@ -89,6 +90,8 @@ pub struct Options {
     /// Mode of decrypted or substituted files (`GITRELOAD_SECRET_FILE_MODE`).
     pub secret_file_mode: u32,
     pub owner: Option<Owner>,
+    /// Keys the hashes of secret files ([`ContentHasher`]).
+    pub content_key: ContentKey,
 }
 
 impl Options {
@@ -416,7 +419,7 @@ fn matches(
             meta.file_type().is_file()
                 && meta.permissions().mode() & 0o7777 == options.mode_of(*executable, *secret)
                 && (matches!((verify, known), (Verify::Stamp, Some(k)) if k.kind == *kind && k.stamp == Some(stamp))
-                    || hash_file(full).is_ok_and(|h| h == *sha256))
+                    || hash_file(full, *secret, &options.content_key).is_ok_and(|h| h == *sha256))
         }
     };
     Ok(equal.then_some(stamp))
@@ -458,12 +461,12 @@ fn compare_all(
     })
 }
 
-/// SHA-256 of a file, hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
+/// A file's content hash, hex, as the manifest holds it ([`ContentHasher`]).
+pub fn hash_file(path: &Path, secret: bool, key: &ContentKey) -> std::io::Result<String> {
     let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHasher::new(secret, key);
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish())
 }
 
 fn temp_name(final_path: &Path, role: &str) -> PathBuf {
@@ -640,7 +643,7 @@ fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> s
             let mode = options.mode_of(*executable, *secret);
             let mut input = Hashing {
                 inner: File::open(source)?,
-                hasher: Sha256::new(),
+                hasher: ContentHasher::new(*secret, &options.content_key),
             };
             let mut output = std::fs::OpenOptions::new()
                 .write(true)
@@ -650,7 +653,7 @@ fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> s
             std::io::copy(&mut input, &mut output)?;
             // The bytes deployed are the bytes the manifest names, even if
             // something (a checker) changed the staged copy.
-            if hex::encode(input.hasher.finalize()) != *sha256 {
+            if input.hasher.finish() != *sha256 {
                 return Err(std::io::Error::other(format!(
                     "its staged copy {} changed after it was staged (did the checker write to it?)",
                     source.display()
@@ -668,7 +671,7 @@ fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> s
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: ContentHasher,
 }
 
 impl<R: std::io::Read> std::io::Read for Hashing<R> {

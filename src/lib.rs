@@ -36,7 +36,7 @@
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
 //! | [`redact`] | which parts of URLs and messages are secret; every known secret scrubbed from logs, errors, panics | |
-//! | [`state`] | atomic JSON records in the state dir | |
+//! | [`state`] | atomic JSON records in the state dir (0700, files 0600); the key of secret files' hashes | [`state::ContentKey`] |
 //!
 //! ## Invariants
 //! - The destination only receives a staged tree that passed the checker;
@@ -49,14 +49,22 @@
 //!   [`reload`] and [`http`] touch the network besides the fetch. [`deploy`]
 //!   never talks to the network. [`credentials`] never uses gix: it turns
 //!   settings into git config strings and secrets read just now.
-//! - The state dir is never inside the destination; the mirror never stores
-//!   the repository URL (it may carry credentials).
+//! - The state dir is never the destination, inside it, nor around it,
+//!   compared after resolving links and `..`; the mirror never stores the
+//!   repository URL (it may carry credentials). The state dir is 0700 and
+//!   every file gitreload writes in it 0600.
+//! - A symlink is staged only when, resolved through the whole tree of its
+//!   commit, it stays inside it and passes through no other link
+//!   ([`materialize::check_links`]).
+//! - A rejected commit stays rejected across restarts until upstream moves
+//!   (or the rules that judged it change).
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
 //!   substituted content exists only in the staging dir (0700; secret files
 //!   removed after each sync, the whole dir at start and at exit) and on
 //!   the destination (with
-//!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
+//!   `GITRELOAD_SECRET_FILE_MODE`); the manifest names a secret file's
+//!   content only by a keyed hash; the mirror holds only ciphertext, errors
 //!   name a reference, never its value, and substituted values are masked
 //!   in the checker's output.
 //! - Every secret value (URL passwords, the password file each time it is

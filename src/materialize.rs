@@ -26,9 +26,11 @@
 //!   next sync starts afresh.
 //! - Limits (`max_files`, `max_file_size`) are enforced while reading, so a
 //!   hostile commit cannot exhaust memory or disk.
-//! - The returned [`Staged`] lists each file with its SHA-256 (of the final,
-//!   decrypted and substituted content), exec bit, secret flag or link
-//!   target: the deploy stage compares by these, never by mtime.
+//! - The returned [`Staged`] lists each file with its content hash (of the
+//!   final, decrypted and substituted content: SHA-256, or for a secret file
+//!   HMAC-SHA256 under the state directory's [`ContentKey`], see
+//!   [`ContentHasher`]), exec bit, secret flag or link target: the deploy
+//!   stage compares by these, never by mtime.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -40,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::git::{Blob, BlobId, CommitId, Content, Entry, GitError, Mirror};
 use crate::secrets::{self, Findings, Redactions, Secrets};
-use crate::state::remove_tree;
+use crate::state::{remove_tree, ContentKey};
 
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -51,7 +53,8 @@ const NAME_MAX: usize = 255;
 pub enum FileKind {
     /// A regular file; `executable` keeps git's 100755 mode; `secret` marks
     /// a decrypted or substituted file (deployed with
-    /// `GITRELOAD_SECRET_FILE_MODE`).
+    /// `GITRELOAD_SECRET_FILE_MODE`). `sha256` is the content's hash as
+    /// [`ContentHasher`] makes it: for a secret file, keyed.
     File {
         sha256: String,
         executable: bool,
@@ -132,6 +135,65 @@ pub enum MaterializeError {
     },
 }
 
+/// The hash that names a file's content in [`FileKind::File`]: SHA-256, or
+/// for a secret file HMAC-SHA256 under the state directory's key. The
+/// manifest is readable by whoever reads the state dir (backups, support
+/// bundles); a plain SHA-256 of a short password file would let them test
+/// guesses offline. The keyed hash keeps deploy's comparison exact (same
+/// key, same content, same hash), so secret files are still compared, not
+/// rewritten every time.
+pub enum ContentHasher {
+    Plain(Sha256),
+    Keyed(hmac::Hmac<Sha256>),
+}
+
+impl ContentHasher {
+    pub fn new(secret: bool, key: &ContentKey) -> ContentHasher {
+        use hmac::Mac;
+        if secret {
+            ContentHasher::Keyed(
+                hmac::Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key"),
+            )
+        } else {
+            ContentHasher::Plain(Sha256::new())
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use hmac::Mac;
+        match self {
+            ContentHasher::Plain(h) => Digest::update(h, data),
+            ContentHasher::Keyed(h) => h.update(data),
+        }
+    }
+
+    /// The hash, hex.
+    pub fn finish(self) -> String {
+        use hmac::Mac;
+        match self {
+            ContentHasher::Plain(h) => hex::encode(h.finalize()),
+            ContentHasher::Keyed(h) => hex::encode(h.finalize().into_bytes()),
+        }
+    }
+
+    /// The hash of `data`.
+    pub fn of(data: &[u8], secret: bool, key: &ContentKey) -> String {
+        let mut hasher = ContentHasher::new(secret, key);
+        hasher.update(data);
+        hasher.finish()
+    }
+}
+
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Limits applied while reading a tree.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -144,16 +206,21 @@ pub struct Limits {
 pub struct Rules {
     pub limits: Limits,
     pub secrets: Secrets,
+    /// Keys the hashes of secret files ([`ContentHasher`]).
+    pub content_key: ContentKey,
 }
 
 impl Rules {
     /// The rules the settings ask for; `mode` says whether absent secrets
-    /// reject (deploy) or become placeholders (validate).
+    /// reject (deploy) or become placeholders (validate); `content_key` is
+    /// the state directory's (or a random one where nothing is kept).
     pub fn from_settings(
         settings: &crate::settings::StagingSettings,
         mode: secrets::Mode,
+        content_key: ContentKey,
     ) -> Rules {
         Rules {
+            content_key,
             limits: Limits {
                 max_files: settings.max_files,
                 max_file_size: settings.max_file_size,
@@ -355,6 +422,7 @@ fn stage_commit(
         written,
         ..
     } = stager;
+    check_links(&files, &dirs).map_err(|(path, reason)| reject(&path, reason))?;
     // What the new tree no longer has. A path that changed between file
     // and directory was already replaced by the walk.
     for path in staging.held.keys() {
@@ -409,6 +477,9 @@ pub fn materialize_dir(
     let walked = walk_dir(source, &mut rel, rules.limits.max_file_size, &mut |entry| {
         stager.visit(entry)
     });
+    let walked = walked.and_then(|()| {
+        check_links(&stager.files, &stager.dirs).map_err(|(path, reason)| reject(&path, reason))
+    });
     if let Err(e) = walked {
         drop(stager);
         let _ = std::fs::remove_dir_all(staging);
@@ -440,6 +511,27 @@ pub fn materialize_dir(
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
     let path = path.to_path_buf();
     move |source| MaterializeError::Io { path, source }
+}
+
+/// An error writing `rel` (at `full`) into staging: a rejection when the
+/// filesystem refuses the name or the entry for good (the same commit would
+/// fail the same way at every retry, and on the destination), an I/O
+/// error otherwise (a full disk, permissions: worth a retry).
+fn written(rel: &str, full: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
+    let rel = rel.to_string();
+    let full = full.to_path_buf();
+    move |source| match source.raw_os_error() {
+        Some(
+            code @ (libc::ENAMETOOLONG | libc::EILSEQ | libc::EINVAL | libc::EMLINK | libc::EFBIG),
+        ) => MaterializeError::Rejected {
+            path: rel,
+            reason: format!(
+                "the filesystem refuses it: {}",
+                std::io::Error::from_raw_os_error(code)
+            ),
+        },
+        _ => MaterializeError::Io { path: full, source },
+    }
 }
 
 fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
@@ -492,9 +584,10 @@ impl<'a> Stager<'a> {
                 if is_hidden(&path) {
                     return Ok(false);
                 }
+                self.count(&path)?;
                 self.ensure_free(&path, &path)?;
                 let target = self.dir.join(&path);
-                make_dir(&target).map_err(io(&target))?;
+                make_dir(&target).map_err(written(&path, &target))?;
                 self.dirs.insert(path);
                 Ok(true)
             }
@@ -517,12 +610,28 @@ impl<'a> Stager<'a> {
                 self.stage_file(path, executable, blob)?;
                 Ok(false)
             }
-            Entry::Symlink { path, target } => {
+            Entry::Symlink {
+                path,
+                target: mut blob,
+            } => {
                 let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
                 self.count(&path)?;
+                let target = match blob.read()? {
+                    Content::Data(data) => data,
+                    Content::Oversized(size) => {
+                        return Err(reject(
+                            &path,
+                            format!(
+                                "symlink target is {size} bytes, over the limit of {} \
+                                 (GITRELOAD_MAX_FILE_SIZE)",
+                                self.rules.limits.max_file_size
+                            ),
+                        ))
+                    }
+                };
                 let target = std::str::from_utf8(target)
                     .map_err(|_| reject(&path, "symlink target is not valid UTF-8"))?;
                 check_link(&path, target).map_err(|r| reject(&path, r))?;
@@ -532,7 +641,7 @@ impl<'a> Stager<'a> {
                     std::os::unix::fs::symlink(target, &link)?;
                     link.symlink_metadata()
                 })
-                .map_err(io(&link))?;
+                .map_err(written(&path, &link))?;
                 let kind = FileKind::Symlink {
                     target: target.to_string(),
                 };
@@ -594,9 +703,9 @@ impl<'a> Stager<'a> {
             file.write_all(&resolved.data)?;
             file.metadata()
         })
-        .map_err(io(&target))?;
+        .map_err(written(&deployed, &target))?;
         let kind = FileKind::File {
-            sha256: hex::encode(Sha256::digest(&resolved.data)),
+            sha256: ContentHasher::of(&resolved.data, resolved.secret, &self.rules.content_key),
             executable,
             secret: resolved.secret,
         };
@@ -612,7 +721,7 @@ impl<'a> Stager<'a> {
     }
 
     fn count(&self, path: &str) -> Result<(), MaterializeError> {
-        count(&self.files, self.rules.limits, path).map_err(|r| reject(path, r))
+        count(self.files.len() + self.dirs.len(), self.rules.limits).map_err(|r| reject(path, r))
     }
 
     /// Rejects `path` when its deployed name is already taken in this tree:
@@ -693,7 +802,7 @@ fn walk_dir(
             let target = std::fs::read_link(&full).map_err(read(&full))?;
             visit(Entry::Symlink {
                 path: rel,
-                target: target.as_os_str().as_bytes(),
+                target: Blob::from_disk(Ok(target.as_os_str().as_bytes())),
             })
             .map(|_| ())
         } else if kind.is_dir() {
@@ -735,10 +844,13 @@ fn walk_dir(
     Ok(())
 }
 
-fn count(files: &BTreeMap<String, FileKind>, limits: Limits, _path: &str) -> Result<(), String> {
-    if files.len() >= limits.max_files {
+/// Files, links and directories all count: a tree of empty directories
+/// costs as much to walk, write and compare as one of files.
+fn count(entries: usize, limits: Limits) -> Result<(), String> {
+    if entries >= limits.max_files {
         return Err(format!(
-            "commit has more than {} files (GITRELOAD_MAX_FILES)",
+            "commit has more than {} entries, files, links and directories together \
+             (GITRELOAD_MAX_FILES)",
             limits.max_files
         ));
     }
@@ -770,8 +882,127 @@ pub fn checked_path(path: &[u8]) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// A symlink at `path` pointing to `target` must resolve inside the tree:
-/// relative, and never climbing above the deployed root.
+/// What a deployed path is, to resolve links through the whole tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node<'t> {
+    Dir,
+    File,
+    Link(&'t str),
+}
+
+/// Judges every link against the tree as it will be on disk after the
+/// deploy (`files` and `dirs` as staged), not one link at a time. Each
+/// link's target is resolved from the link's directory, component by
+/// component, through the tree's own directories: it is rejected, naming
+/// the link, when it climbs above the deployed root, or when any component
+/// but the last is not a directory of this tree (another link, a file, or
+/// something the commit does not hold: the kernel would follow a link, or
+/// whatever someone else put on the volume). The last component may be
+/// anything (a link there is judged as a link of its own, so a chain of
+/// links stays inside; a dangling link stays dangling). Also rejected: a
+/// path below a file or a link of the same tree (a crafted tree can hold
+/// both `d -> sub` and `d/x`).
+pub fn check_links(
+    files: &BTreeMap<String, FileKind>,
+    dirs: &BTreeSet<String>,
+) -> Result<(), (String, String)> {
+    let mut nodes: BTreeMap<&str, Node<'_>> = BTreeMap::new();
+    for dir in dirs {
+        nodes.insert(dir, Node::Dir);
+    }
+    for (path, kind) in files {
+        let node = match kind {
+            FileKind::File { .. } => Node::File,
+            FileKind::Symlink { target } => Node::Link(target),
+        };
+        if nodes.insert(path, node).is_some() {
+            return Err((
+                path.clone(),
+                "is both a directory and a file or link".into(),
+            ));
+        }
+    }
+    for path in nodes.keys() {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            end += slash;
+            let above = &path[..end];
+            match nodes.get(above) {
+                Some(Node::Dir) => {}
+                Some(Node::File) => {
+                    return Err((
+                        above.to_string(),
+                        format!("is a file and {path} is below it"),
+                    ))
+                }
+                Some(Node::Link(_)) => {
+                    return Err((
+                        above.to_string(),
+                        format!("is a symlink and {path} is below it"),
+                    ))
+                }
+                None => return Err((path.to_string(), format!("{above} is not in the tree"))),
+            }
+            end += 1;
+        }
+    }
+    for (path, node) in &nodes {
+        let Node::Link(target) = node else { continue };
+        resolve_link(path, target, &nodes).map_err(|why| (path.to_string(), why))?;
+    }
+    Ok(())
+}
+
+/// Resolves one link's target through `nodes` (see [`check_links`]).
+fn resolve_link(path: &str, target: &str, nodes: &BTreeMap<&str, Node<'_>>) -> Result<(), String> {
+    check_link(path, target)?;
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let steps: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, step) in steps.iter().enumerate() {
+        if *step == ".." {
+            if at.pop().is_none() {
+                return Err(format!(
+                    "symlink points outside the deployed tree (to {target})"
+                ));
+            }
+            continue;
+        }
+        at.push(step);
+        if i + 1 == steps.len() {
+            break;
+        }
+        let through = at.join("/");
+        match nodes.get(through.as_str()) {
+            Some(Node::Dir) => {}
+            Some(Node::Link(_)) => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, a symlink; point at \
+                     the directory itself"
+                ))
+            }
+            Some(Node::File) => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, a file"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, which is not a \
+                     directory of this tree"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A symlink at `path` pointing to `target` must be relative, not empty,
+/// and never climb above the deployed root as written. This looks at one
+/// link alone; [`check_links`] judges it against the whole tree.
 pub fn check_link(path: &str, target: &str) -> Result<(), String> {
     if target.starts_with('/') {
         return Err(format!(
@@ -781,19 +1012,12 @@ pub fn check_link(path: &str, target: &str) -> Result<(), String> {
     if target.is_empty() || target.contains('\0') {
         return Err("symlink has an empty or invalid target".into());
     }
-    // `..` is allowed only as leading components: after a name, the name
-    // might itself be a link (`d -> .`), and `d/..` would then climb out
-    // physically while staying inside lexically.
+    // Lexically only: whether a name before a `..` is a real directory
+    // (and not a link, `d -> .`) is for [`check_links`] to say.
     let mut depth: i64 = path.split('/').count() as i64 - 1;
-    let mut seen_name = false;
     for component in target.split('/') {
         match component {
             "" | "." => {}
-            ".." if seen_name => {
-                return Err(format!(
-                    "symlink target {target} climbs with .. after a name; write it without"
-                ));
-            }
             ".." => {
                 depth -= 1;
                 if depth < 0 {
@@ -802,7 +1026,7 @@ pub fn check_link(path: &str, target: &str) -> Result<(), String> {
                     ));
                 }
             }
-            _ => seen_name = true,
+            _ => depth += 1,
         }
     }
     Ok(())
@@ -821,6 +1045,118 @@ mod tests {
         assert!(check_link("dir/a", "x/../../../etc").is_err());
     }
 
+    /// A tree as staged: `"path"` a file, `"path/"` a directory,
+    /// `"path -> target"` a link.
+    fn tree(entries: &[&str]) -> (BTreeMap<String, FileKind>, BTreeSet<String>) {
+        let mut files = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
+        for entry in entries {
+            if let Some((path, target)) = entry.split_once(" -> ") {
+                files.insert(
+                    path.to_string(),
+                    FileKind::Symlink {
+                        target: target.to_string(),
+                    },
+                );
+            } else if let Some(dir) = entry.strip_suffix('/') {
+                dirs.insert(dir.to_string());
+            } else {
+                files.insert(
+                    entry.to_string(),
+                    FileKind::File {
+                        sha256: String::new(),
+                        executable: false,
+                        secret: false,
+                    },
+                );
+            }
+        }
+        (files, dirs)
+    }
+
+    fn judged(entries: &[&str]) -> Result<(), String> {
+        let (files, dirs) = tree(entries);
+        check_links(&files, &dirs).map_err(|(path, why)| format!("{path}: {why}"))
+    }
+
+    #[test]
+    fn links_are_judged_against_the_whole_tree() {
+        // Inside, through real directories, chains and dangling ends.
+        assert_eq!(judged(&["a -> b", "b -> c", "c"]), Ok(()));
+        assert_eq!(
+            judged(&["sub/", "sub/x", "sub/up -> ..", "y -> sub/x"]),
+            Ok(())
+        );
+        assert_eq!(
+            judged(&["sub/", "sub/deeper/", "l -> sub/deeper/../x"]),
+            Ok(())
+        );
+        assert_eq!(judged(&["dangling -> nothing"]), Ok(()));
+        // `a -> b`, `b -> ..`: b leaves, and is named.
+        let err = judged(&["a -> b", "b -> .."]).unwrap_err();
+        assert!(err.starts_with("b: "), "{err}");
+        // Through another link, even one that stays inside.
+        let err = judged(&["sub/", "sub/up -> ..", "a -> sub/up/x"]).unwrap_err();
+        assert!(
+            err.starts_with("a: ") && err.contains("sub/up, a symlink"),
+            "{err}"
+        );
+        let err = judged(&["d -> .", "e -> d/../.."]).unwrap_err();
+        assert!(err.starts_with("e: "), "{err}");
+        // Through a file, or through something the commit does not hold.
+        let err = judged(&["f", "a -> f/x"]).unwrap_err();
+        assert!(err.contains("f, a file"), "{err}");
+        let err = judged(&["a -> foreign/etc/passwd"]).unwrap_err();
+        assert!(err.starts_with("a: ") && err.contains("foreign"), "{err}");
+        let err = judged(&["a -> .git/config"]).unwrap_err();
+        assert!(err.starts_with("a: "), "{err}");
+        // Out by climbing.
+        let err = judged(&["sub/", "sub/a -> ../../etc"]).unwrap_err();
+        assert!(err.starts_with("sub/a: "), "{err}");
+    }
+
+    #[test]
+    fn a_path_below_a_link_or_a_file_is_rejected_naming_it() {
+        // `d -> sub` and `d/x` in one crafted tree.
+        let err = judged(&["sub/", "d -> sub", "d/x"]).unwrap_err();
+        assert!(err.starts_with("d: is a symlink and d/x"), "{err}");
+        let err = judged(&["f", "f/x"]).unwrap_err();
+        assert!(err.starts_with("f: is a file"), "{err}");
+        // A name that is both a directory and a link.
+        let (mut files, dirs) = tree(&["d/", "d/x"]);
+        files.insert("d".into(), FileKind::Symlink { target: "x".into() });
+        let err = check_links(&files, &dirs).unwrap_err();
+        assert_eq!(err.0, "d");
+    }
+
+    #[test]
+    fn a_name_the_filesystem_refuses_is_a_rejection() {
+        let full = Path::new("/state/staging/tree/x");
+        for code in [libc::ENAMETOOLONG, libc::EILSEQ] {
+            let err = written("x", full)(std::io::Error::from_raw_os_error(code));
+            assert!(
+                matches!(&err, MaterializeError::Rejected { path, .. } if path == "x"),
+                "{err}"
+            );
+        }
+        let err = written("x", full)(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(err, MaterializeError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn secret_hashes_are_keyed_and_plain_ones_are_sha256() {
+        let key = ContentKey::random().unwrap();
+        let plain = hex::encode(Sha256::digest(b"hunter2"));
+        assert_eq!(ContentHasher::of(b"hunter2", false, &key), plain);
+        let keyed = ContentHasher::of(b"hunter2", true, &key);
+        assert_ne!(keyed, plain);
+        assert_eq!(keyed, ContentHasher::of(b"hunter2", true, &key));
+        assert_ne!(
+            keyed,
+            ContentHasher::of(b"hunter2", true, &ContentKey::random().unwrap())
+        );
+    }
+
     fn rules() -> Rules {
         Rules {
             limits: Limits {
@@ -828,6 +1164,7 @@ mod tests {
                 max_file_size: 1 << 20,
             },
             secrets: Secrets::none(secrets::Mode::Deploy, 1 << 20),
+            content_key: ContentKey::random().unwrap(),
         }
     }
 
