@@ -37,6 +37,7 @@
 //! | [`logging`] | structlog-style JSON lines | |
 //! | [`redact`] | which parts of URLs and messages are secret; every known secret scrubbed from logs, errors, panics | |
 //! | [`state`] | atomic JSON records in the state dir (0700, files 0600); the key of secret files' hashes | [`state::ContentKey`] |
+//! | [`confined`] | directory handles for roots gitreload owns: every write, rename, chmod, chown and delete below them walks from a handle and never resolves through a symlink | [`confined::Dir`] |
 //!
 //! ## Invariants
 //! - The destination only receives a staged tree that passed the checker;
@@ -75,6 +76,7 @@
 //! - Every loop is driven by a timer or an event; nothing busy-waits.
 
 pub mod check;
+pub mod confined;
 pub mod credentials;
 pub mod deploy;
 pub mod drift;
