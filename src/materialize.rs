@@ -20,6 +20,10 @@
 //!   time (their inputs live outside git) and removed after each sync. After
 //!   a checker ran, every kept entry is compared with its stat stamp and
 //!   anything changed or added is put right before it is trusted.
+//! - Every write, rename, chmod and delete below the staging root goes
+//!   through [`crate::confined`] directory handles, never path strings: a
+//!   link in the staging directory (one staged from an earlier commit, or
+//!   one a checker made) can never redirect a write out of it.
 //! - A tree that breaks a rule is rejected as a whole, with the path at
 //!   fault named; there is no partial staging. After any failure the
 //!   staging directory is removed, so no plaintext stays behind and the
@@ -35,14 +39,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::confined::{self, Dir, Kind};
 use crate::git::{Blob, BlobId, CommitId, Content, Entry, GitError, Mirror};
 use crate::secrets::{self, Findings, Redactions, Secrets};
-use crate::state::{remove_tree, ContentKey};
+use crate::state::ContentKey;
 
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -73,6 +78,17 @@ pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+}
+
+impl From<&confined::Meta> for Stamp {
+    fn from(meta: &confined::Meta) -> Stamp {
+        Stamp {
+            ino: meta.ino,
+            size: meta.size,
+            mtime_ns: meta.mtime_ns,
+            ctime_ns: meta.ctime_ns,
+        }
+    }
 }
 
 impl Stamp {
@@ -241,7 +257,9 @@ impl Rules {
 /// Dropping it removes the directory.
 #[derive(Debug)]
 pub struct Staging {
-    /// The tree itself (the checker's working directory).
+    /// The staging root (`STATE_DIR/staging`): handles start from it.
+    root: PathBuf,
+    /// The tree itself (`root/tree`, the checker's working directory).
     dir: PathBuf,
     /// Every file and link in `dir`, by deployed path.
     held: BTreeMap<String, Held>,
@@ -266,7 +284,8 @@ impl Staging {
     /// [`materialize`]; whatever is there then is replaced.
     pub fn new(root: &Path) -> Staging {
         Staging {
-            dir: root.join("tree"),
+            root: root.to_path_buf(),
+            dir: root.join(TREE),
             held: BTreeMap::new(),
             dirs: BTreeSet::new(),
             // Unknown content: compare (and clear) before the first reuse.
@@ -280,6 +299,34 @@ impl Staging {
         self.touched = true;
     }
 
+    /// The tree's handle, opened from the staging root without following
+    /// any link; `None` when there is no tree.
+    fn open_tree(&self) -> confined::Result<Option<Dir>> {
+        let root = match Dir::open_root(&self.root) {
+            Ok(root) => root,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match root.open_dir(Path::new(TREE)) {
+            Ok(tree) => Ok(Some(tree)),
+            Err(e) if e.is_not_found() => Ok(None),
+            // A link or a file in its place: it holds nothing of ours.
+            Err(_) if root.stat(Path::new(TREE))?.kind != Kind::Dir => {
+                root.remove_file(Path::new(TREE))?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tree's handle, created (0700) if needed. Anything else in its
+    /// place (a link, a file) is removed, never followed.
+    fn create_tree(&self) -> confined::Result<Dir> {
+        let root = Dir::create_root(&self.root, 0o700)?;
+        make_dir(&root, Path::new(TREE))?;
+        root.open_dir(Path::new(TREE))
+    }
+
     /// Removes the decrypted and substituted files, which must not outlive
     /// the sync that needed them.
     pub fn discard_secrets(&mut self) {
@@ -289,14 +336,21 @@ impl Staging {
             .filter(|(_, h)| matches!(h.kind, FileKind::File { secret: true, .. }))
             .map(|(path, _)| path.clone())
             .collect();
-        for path in secret {
-            let full = self.dir.join(&path);
-            if let Err(e) = remove_tree(&full) {
-                tracing::warn!(path = %full.display(), error = %e, "cannot remove a staged secret; removing the staging directory");
-                self.reset();
-                return;
+        if secret.is_empty() {
+            return;
+        }
+        let removed = self.open_tree().and_then(|tree| {
+            for path in &secret {
+                if let Some(tree) = &tree {
+                    tree.remove_tree(Path::new(path))?;
+                }
+                self.held.remove(path);
             }
-            self.held.remove(&path);
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot remove a staged secret; removing the staging directory");
+            self.reset();
         }
     }
 
@@ -306,34 +360,32 @@ impl Staging {
         self.held.clear();
         self.dirs.clear();
         self.touched = true;
-        if let Err(e) = remove_tree(&self.dir) {
+        if let Err(e) = self.remove_tree() {
             tracing::warn!(path = %self.dir.display(), error = %e, "cannot remove the staging directory");
+        }
+    }
+
+    fn remove_tree(&self) -> confined::Result<()> {
+        match Dir::open_root(&self.root) {
+            Ok(root) => root.remove_tree(Path::new(TREE)),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
     /// Makes the record true again after a checker ran: every entry on disk
     /// that is not recorded, or whose stamp changed, is removed (and
-    /// rewritten by the walk that follows).
-    fn verify(&mut self) -> std::io::Result<()> {
+    /// rewritten by the walk that follows). Walked by handle: a link the
+    /// checker made is seen and removed, never followed.
+    fn verify(&mut self, tree: &Dir) -> confined::Result<()> {
         let mut seen_files = BTreeSet::new();
         let mut seen_dirs = BTreeSet::new();
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() {
-                self.dir.clone()
-            } else {
-                self.dir.join(&rel)
-            };
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel.is_empty() => break,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name();
+            let dir = tree.open_dir(Path::new(&rel))?;
+            for (name, kind) in dir.entries()? {
                 let Some(name) = name.to_str() else {
-                    remove_tree(&entry.path())?;
+                    dir.remove_tree(Path::new(&name))?;
                     continue;
                 };
                 let path = if rel.is_empty() {
@@ -341,22 +393,25 @@ impl Staging {
                 } else {
                     format!("{rel}/{name}")
                 };
-                let meta = entry.path().symlink_metadata()?;
-                if meta.is_dir() {
+                if kind == Kind::Dir {
                     if self.dirs.contains(&path) {
                         seen_dirs.insert(path.clone());
                         stack.push(path);
                     } else {
-                        remove_tree(&entry.path())?;
+                        dir.remove_tree(Path::new(name))?;
                     }
-                } else if self
-                    .held
-                    .get(&path)
-                    .is_some_and(|h| h.stamp == Stamp::of(&meta))
+                    continue;
+                }
+                let meta = dir.stat(Path::new(name))?;
+                if meta.kind != Kind::Dir
+                    && self
+                        .held
+                        .get(&path)
+                        .is_some_and(|h| h.stamp == Stamp::from(&meta))
                 {
                     seen_files.insert(path);
                 } else {
-                    remove_tree(&entry.path())?;
+                    dir.remove_tree(Path::new(name))?;
                 }
             }
         }
@@ -369,7 +424,24 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = remove_tree(&self.dir);
+        let _ = self.remove_tree();
+    }
+}
+
+/// The name of the tree below the staging root.
+const TREE: &str = "tree";
+
+/// Removes the staging root `root` (what a crashed process left, perhaps
+/// with decrypted secrets) from its parent's handle, never following a
+/// link in it.
+pub fn remove_staging(root: &Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+        return Ok(());
+    };
+    match Dir::open_root(parent) {
+        Ok(dir) => Ok(dir.remove_tree(Path::new(name))?),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -399,14 +471,17 @@ fn stage_commit(
 ) -> Result<Staged, MaterializeError> {
     let dir = staging.dir.clone();
     if staging.touched {
-        staging.verify().map_err(io(&dir))?;
+        match staging.open_tree().map_err(confined_io)? {
+            Some(tree) => staging.verify(&tree).map_err(confined_io)?,
+            None => {
+                staging.held.clear();
+                staging.dirs.clear();
+                staging.touched = false;
+            }
+        }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io(&dir))?;
-    let mut stager = Stager::new(&dir, rules, &staging.held);
+    let tree = staging.create_tree().map_err(confined_io)?;
+    let mut stager = Stager::new(&tree, rules, &staging.held);
     mirror
         .walk_tree(commit, subdir, rules.limits.max_file_size, &mut |entry| {
             stager.visit(entry)
@@ -427,14 +502,12 @@ fn stage_commit(
     // and directory was already replaced by the walk.
     for path in staging.held.keys() {
         if !held.contains_key(path) && !dirs.contains(path) {
-            let full = dir.join(path);
-            remove_tree(&full).map_err(io(&full))?;
+            tree.remove_tree(Path::new(path)).map_err(confined_io)?;
         }
     }
     for path in staging.dirs.iter().rev() {
         if !dirs.contains(path) && !held.contains_key(path) {
-            let full = dir.join(path);
-            remove_tree(&full).map_err(io(&full))?;
+            tree.remove_tree(Path::new(path)).map_err(confined_io)?;
         }
     }
     staging.held = held;
@@ -471,8 +544,9 @@ pub fn materialize_dir(
         .mode(0o700)
         .create(staging)
         .map_err(io(staging))?;
+    let tree = Dir::open_root(staging).map_err(confined_io)?;
     let nothing_held = BTreeMap::new();
-    let mut stager = Stager::new(staging, rules, &nothing_held);
+    let mut stager = Stager::new(&tree, rules, &nothing_held);
     let mut rel = Vec::new();
     let walked = walk_dir(source, &mut rel, rules.limits.max_file_size, &mut |entry| {
         stager.visit(entry)
@@ -482,7 +556,7 @@ pub fn materialize_dir(
     });
     if let Err(e) = walked {
         drop(stager);
-        let _ = std::fs::remove_dir_all(staging);
+        let _ = remove_staging(staging);
         return Err(e);
     }
     let Stager {
@@ -513,24 +587,39 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
     move |source| MaterializeError::Io { path, source }
 }
 
-/// An error writing `rel` (at `full`) into staging: a rejection when the
-/// filesystem refuses the name or the entry for good (the same commit would
-/// fail the same way at every retry, and on the destination), an I/O
-/// error otherwise (a full disk, permissions: worth a retry).
-fn written(rel: &str, full: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
+fn confined_io(e: confined::Error) -> MaterializeError {
+    MaterializeError::Io {
+        path: e.full_path(),
+        source: e.into(),
+    }
+}
+
+/// An error writing `rel` into staging: a rejection when the filesystem
+/// refuses the name or the entry for good (the same commit would fail the
+/// same way at every retry, and on the destination), an I/O error
+/// otherwise (a full disk, permissions: worth a retry).
+fn written(rel: &str) -> impl FnOnce(confined::Error) -> MaterializeError {
     let rel = rel.to_string();
-    let full = full.to_path_buf();
-    move |source| match source.raw_os_error() {
-        Some(
-            code @ (libc::ENAMETOOLONG | libc::EILSEQ | libc::EINVAL | libc::EMLINK | libc::EFBIG),
-        ) => MaterializeError::Rejected {
-            path: rel,
-            reason: format!(
-                "the filesystem refuses it: {}",
-                std::io::Error::from_raw_os_error(code)
-            ),
-        },
-        _ => MaterializeError::Io { path: full, source },
+    move |e| {
+        let permanent = match &e {
+            confined::Error::Io { source, .. } => source.raw_os_error().filter(|code| {
+                matches!(
+                    *code,
+                    libc::ENAMETOOLONG | libc::EILSEQ | libc::EINVAL | libc::EMLINK | libc::EFBIG
+                )
+            }),
+            _ => None,
+        };
+        match permanent {
+            Some(code) => MaterializeError::Rejected {
+                path: rel,
+                reason: format!(
+                    "the filesystem refuses it: {}",
+                    std::io::Error::from_raw_os_error(code)
+                ),
+            },
+            None => confined_io(e),
+        }
     }
 }
 
@@ -545,7 +634,8 @@ fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
 /// writing what may be deployed into the staging directory (unless the
 /// directory already holds it).
 struct Stager<'a> {
-    dir: &'a Path,
+    /// The staging tree's handle: every write starts from it.
+    dir: &'a Dir,
     rules: &'a Rules,
     /// What the directory held before this walk.
     previous: &'a BTreeMap<String, Held>,
@@ -560,7 +650,7 @@ struct Stager<'a> {
 }
 
 impl<'a> Stager<'a> {
-    fn new(dir: &'a Path, rules: &'a Rules, previous: &'a BTreeMap<String, Held>) -> Stager<'a> {
+    fn new(dir: &'a Dir, rules: &'a Rules, previous: &'a BTreeMap<String, Held>) -> Stager<'a> {
         Stager {
             dir,
             rules,
@@ -586,8 +676,7 @@ impl<'a> Stager<'a> {
                 }
                 self.count(&path)?;
                 self.ensure_free(&path, &path)?;
-                let target = self.dir.join(&path);
-                make_dir(&target).map_err(written(&path, &target))?;
+                make_dir(self.dir, Path::new(&path)).map_err(written(&path))?;
                 self.dirs.insert(path);
                 Ok(true)
             }
@@ -636,16 +725,16 @@ impl<'a> Stager<'a> {
                     .map_err(|_| reject(&path, "symlink target is not valid UTF-8"))?;
                 check_link(&path, target).map_err(|r| reject(&path, r))?;
                 self.ensure_free(&path, &path)?;
-                let link = self.dir.join(&path);
-                let stamp = replacing(&link, || {
-                    std::os::unix::fs::symlink(target, &link)?;
-                    link.symlink_metadata()
+                let link = Path::new(&path);
+                let stamp = replacing(self.dir, link, || {
+                    self.dir.symlink(Path::new(target), link)?;
+                    self.dir.stat(link).map(|meta| Stamp::from(&meta))
                 })
-                .map_err(written(&path, &link))?;
+                .map_err(written(&path))?;
                 let kind = FileKind::Symlink {
                     target: target.to_string(),
                 };
-                self.keep(path, kind, None, Stamp::of(&stamp));
+                self.keep(path, kind, None, stamp);
                 self.written += 1;
                 Ok(false)
             }
@@ -693,24 +782,27 @@ impl<'a> Stager<'a> {
             .secrets
             .resolve(&path, data, &mut self.findings)
             .map_err(|r| reject(&path, r))?;
-        let target = self.dir.join(&deployed);
-        let stamp = replacing(&target, || {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(if executable { 0o700 } else { 0o600 })
-                .open(&target)?;
-            file.write_all(&resolved.data)?;
-            file.metadata()
+        let target = Path::new(&deployed);
+        let stamp = replacing(self.dir, target, || {
+            let mode = if executable { 0o700 } else { 0o600 };
+            let mut file = self.dir.create_new_file(target, mode)?;
+            let io = |source| confined::Error::Io {
+                op: "writing",
+                root: std::sync::Arc::from(self.dir.path().as_path()),
+                path: target.to_path_buf(),
+                source,
+            };
+            file.write_all(&resolved.data).map_err(io)?;
+            file.metadata().map(|meta| Stamp::of(&meta)).map_err(io)
         })
-        .map_err(written(&deployed, &target))?;
+        .map_err(written(&deployed))?;
         let kind = FileKind::File {
             sha256: ContentHasher::of(&resolved.data, resolved.secret, &self.rules.content_key),
             executable,
             secret: resolved.secret,
         };
         let blob = id.filter(|_| !resolved.secret);
-        self.keep(deployed, kind, blob, Stamp::of(&stamp));
+        self.keep(deployed, kind, blob, stamp);
         self.written += 1;
         Ok(())
     }
@@ -742,31 +834,35 @@ impl<'a> Stager<'a> {
     }
 }
 
-/// Creates `path` with `create`; when something from an earlier tree is in
-/// the way, removes it and creates again.
-fn replacing<T>(path: &Path, mut create: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+/// Creates `rel` below `tree` with `create`; when something from an
+/// earlier tree is in the way (a file, a link, a directory), removes it
+/// (a link itself, never what it points to) and creates again.
+fn replacing<T>(
+    tree: &Dir,
+    rel: &Path,
+    mut create: impl FnMut() -> confined::Result<T>,
+) -> confined::Result<T> {
     match create() {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            remove_tree(path)?;
+            tree.remove_tree(rel)?;
             create()
         }
         other => other,
     }
 }
 
-/// A staging directory at `path` (0700), replacing a file or link from an
+/// A staging directory at `rel` (0700), replacing a file or link from an
 /// earlier tree; an existing directory is kept.
-fn make_dir(path: &Path) -> std::io::Result<()> {
-    let create = || std::fs::DirBuilder::new().mode(0o700).create(path);
-    match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if path.symlink_metadata()?.is_dir() {
-                return Ok(());
+fn make_dir(tree: &Dir, rel: &Path) -> confined::Result<()> {
+    match tree.create_dir(rel, 0o700) {
+        Ok(_) => Ok(()),
+        Err(e) => match tree.stat_if_any(rel)? {
+            Some(meta) if meta.kind != Kind::Dir => {
+                tree.remove_file(rel)?;
+                tree.create_dir(rel, 0o700).map(|_| ())
             }
-            std::fs::remove_file(path)?;
-            create()
-        }
-        other => other,
+            _ => Err(e),
+        },
     }
 }
 
@@ -1131,15 +1227,20 @@ mod tests {
 
     #[test]
     fn a_name_the_filesystem_refuses_is_a_rejection() {
-        let full = Path::new("/state/staging/tree/x");
+        let failed = |code| confined::Error::Io {
+            op: "creating",
+            root: std::sync::Arc::from(Path::new("/state/staging/tree")),
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(code),
+        };
         for code in [libc::ENAMETOOLONG, libc::EILSEQ] {
-            let err = written("x", full)(std::io::Error::from_raw_os_error(code));
+            let err = written("x")(failed(code));
             assert!(
                 matches!(&err, MaterializeError::Rejected { path, .. } if path == "x"),
                 "{err}"
             );
         }
-        let err = written("x", full)(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let err = written("x")(failed(libc::ENOSPC));
         assert!(matches!(err, MaterializeError::Io { .. }), "{err}");
     }
 

@@ -196,8 +196,8 @@ impl Pipeline {
         }
         // A staging directory left by a crash may hold decrypted secrets.
         let staging_root = settings.state_dir.join("staging");
-        if staging_root.exists() {
-            std::fs::remove_dir_all(&staging_root).map_err(|e| {
+        if staging_root.symlink_metadata().is_ok() {
+            materialize::remove_staging(&staging_root).map_err(|e| {
                 format!(
                     "cannot remove the old staging directory {}: {e}",
                     staging_root.display()

@@ -330,3 +330,41 @@ fn link_through_a_path_the_commit_does_not_hold_is_rejected() {
     assert_eq!(rejected[0]["path"], "passwd");
     assert!(s.dest_tree().is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Writes confined to the staging root
+
+/// A checker (or anything it runs) that swaps the staging tree for a link
+/// to another directory must not make the next sync delete that
+/// directory's files and write the next commit into it.
+#[test]
+fn checker_that_swaps_the_staging_tree_for_a_link_cannot_redirect_writes() {
+    let s = Sidecar::new();
+    let sentinel = s.scratch().join("sentinel");
+    std::fs::create_dir_all(&sentinel).unwrap();
+    std::fs::write(sentinel.join("keep.txt"), "precious\n").unwrap();
+    let before = support::sidecar::tree(&sentinel);
+    let flag = s.scratch().join("swapped");
+    let check = format!(
+        "if [ ! -e '{flag}' ]; then touch '{flag}'; cd .. && mv tree tree.old && \
+         ln -s '{sentinel}' tree; exit 1; fi; exit 0",
+        flag = flag.display(),
+        sentinel = sentinel.display()
+    );
+    s.upstream.write("prometheus.yml", prometheus_yml("one"));
+    s.upstream.commit_and_push("one");
+    let mut g = s.gitreload_file().env("GITRELOAD_CHECK", &check).spawn();
+    g.wait_for_event(T, "commit rejected");
+    s.upstream.write("prometheus.yml", prometheus_yml("two"));
+    s.upstream.write("rules/a.yml", "groups: []\n");
+    s.upstream.commit_and_push("two");
+    g.wait_for_event(T, "config deployed");
+    g.terminate();
+    assert_eq!(
+        support::sidecar::tree(&sentinel),
+        before,
+        "{}",
+        g.output_tail(30)
+    );
+    assert!(s.dest_file("prometheus.yml").contains("marker: two"));
+}
