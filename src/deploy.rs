@@ -11,33 +11,40 @@
 //!   content, never half of either. The bytes are hashed as they are
 //!   copied: a staged file that no longer matches its recorded hash (a
 //!   checker wrote to it) fails the deploy, which is rolled back.
+//! - Nothing below the destination is reached through a symbolic link:
+//!   every look, write, rename, chmod, chown and delete walks from a handle
+//!   of the destination ([`crate::confined`]). A link of the last commit
+//!   that stands where this commit needs a directory is ours: it is moved
+//!   aside (and removed with the deploy) before anything is created there;
+//!   a link someone put where a managed directory was is removed and the
+//!   directory put back; any other link, or a file gitreload does not
+//!   manage, in the way of a new path stops the deploy, naming it.
 //! - The work is proportional to what changed, plus one `lstat` per managed
 //!   file (spread over the cores) and the manifest.
 //! - Files in the destination that gitreload did not put there are never
 //!   touched. The manifest in the state directory records what it manages.
-//! - A deploy that fails midway (disk full, read-only volume) is rolled
-//!   back: renamed files are put back from hard-linked backups, new files
-//!   removed, temp files deleted; the destination is again the last good
-//!   commit.
+//! - A deploy that fails midway (disk full, read-only volume, a foreign
+//!   link in the way) is rolled back: renamed files are put back from
+//!   hard-linked backups, new files and directories removed, temp files
+//!   deleted; the destination is again the last good commit.
 //! - A deploy cut off by a crash is detected on the next start through the
 //!   journal: leftovers are cleaned and the next deploy rehashes everything.
 //! - Secret files (decrypted or substituted, see [`crate::secrets`]) get
 //!   `GITRELOAD_SECRET_FILE_MODE` instead of `GITRELOAD_FILE_MODE`.
-//! - This stage never talks to the network and never runs the checker.
+//! - Only this stage creates the destination directory. It never talks to
+//!   the network and never runs the checker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::confined::{self, Dir, Kind, Meta};
 use crate::git::CommitId;
 use crate::materialize::{ContentHasher, FileKind, Staged, Stamp};
 use crate::settings::Owner;
-use crate::state::ContentKey;
-use crate::state::{self, StateError};
+use crate::state::{self, ContentKey, StateError};
 
 /// Prefix of gitreload's temp and backup files in the destination.
 pub const LEFTOVER_PREFIX: &str = ".gitreload-";
@@ -138,12 +145,56 @@ pub enum DeployError {
         source: std::io::Error,
         rolled_back: bool,
     },
+    /// An operation below the destination failed or met a link.
+    #[error("{source}")]
+    Confined {
+        source: confined::Error,
+        rolled_back: bool,
+    },
     #[error(
         "{path} is a directory in the destination but a file in commit {commit}; remove it by hand"
     )]
     Conflict { path: PathBuf, commit: String },
+    /// Something gitreload does not manage stands where commit `commit`
+    /// needs a directory for `wanted`.
+    #[error("{path} is {what} that gitreload did not put there, in the way of {wanted} in commit {commit}; remove it by hand")]
+    InTheWay {
+        path: PathBuf,
+        what: &'static str,
+        wanted: String,
+        commit: String,
+    },
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl DeployError {
+    fn rolled_back(self, done: bool) -> DeployError {
+        match self {
+            DeployError::Io {
+                op, path, source, ..
+            } => DeployError::Io {
+                op,
+                path,
+                source,
+                rolled_back: done,
+            },
+            DeployError::Confined { source, .. } => DeployError::Confined {
+                source,
+                rolled_back: done,
+            },
+            other => other,
+        }
+    }
+}
+
+impl From<confined::Error> for DeployError {
+    fn from(source: confined::Error) -> DeployError {
+        DeployError::Confined {
+            source,
+            rolled_back: true,
+        }
+    }
 }
 
 /// The files in the state directory that belong to this stage.
@@ -184,13 +235,17 @@ impl Records {
     }
 }
 
-/// One applied change, kept to undo it.
+/// One applied change, kept to undo it. Paths are relative to the
+/// destination.
 enum Undo {
     /// `path` was replaced; the old entry is hard-linked at `backup`.
     Replaced { path: PathBuf, backup: PathBuf },
     /// `path` did not exist before.
     Created { path: PathBuf },
-    /// A managed file was moved aside to make room for a directory.
+    /// The directory `path` did not exist before.
+    CreatedDir { path: PathBuf },
+    /// A managed entry was moved aside to make room (a directory that
+    /// became a file, a file or link that became a directory).
     MovedAside { path: PathBuf, backup: PathBuf },
 }
 
@@ -230,7 +285,9 @@ pub fn deploy(
         extra_managed,
         verify,
     } = known;
-    std::fs::create_dir_all(dest).map_err(io("creating", dest, true))?;
+    // The one place the destination is created (like `mkdir -p`).
+    let root = Dir::create_root(dest, 0o777)?;
+    let source = Dir::open_root(&staged.dir)?;
     let previous_files = previous.map(|m| &m.files);
 
     let wanted: Vec<(&str, &FileKind, Option<&Managed>)> = staged
@@ -243,7 +300,7 @@ pub fn deploy(
         .collect();
     // The stamps of entries found equal also go into the new manifest: an
     // unchanged file is looked at once.
-    let seen = compare_all(dest, &wanted, verify, options)
+    let seen = compare_all(&root, &wanted, verify, options)
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     let to_write: Vec<&str> = wanted
@@ -258,12 +315,16 @@ pub fn deploy(
         .chain(extra_managed.iter())
         .map(String::as_str)
         .collect();
+    // Only what is reachable without a link is ours to delete.
     let to_delete: Vec<&str> = managed
         .iter()
         .copied()
         .filter(|p| !staged.files.contains_key(*p))
-        .filter(|p| dest.join(p).symlink_metadata().is_ok_and(|m| !m.is_dir()))
+        .filter(|p| matches!(root.stat(Path::new(p)), Ok(m) if m.kind != Kind::Dir))
         .collect();
+    // The directories managed paths lived in: a link found at one of them
+    // was put there in place of our directory.
+    let managed_dirs: BTreeSet<&str> = managed.iter().flat_map(|p| ancestors(p)).collect();
 
     let mut report = Report::default();
     if !to_write.is_empty() || !to_delete.is_empty() {
@@ -281,29 +342,27 @@ pub fn deploy(
                     .collect(),
             },
         )?;
+        let plan = Plan {
+            staged,
+            source: &source,
+            root: &root,
+            to_delete: &to_delete,
+            managed_dirs: &managed_dirs,
+            options,
+        };
         let mut done = Applied::default();
-        let applied = apply(staged, dest, &to_write, &to_delete, options, &mut done);
+        let applied = plan.apply(&to_write, &mut done);
         let Applied {
             undo,
             mut dirs,
             moved_aside,
         } = done;
         if let Err(err) = applied {
-            let rolled_back = rollback(undo, dest);
+            let rolled_back = rollback(undo, &root);
             if rolled_back {
                 state::remove(&records.journal)?;
             }
-            return Err(match err {
-                DeployError::Io {
-                    op, path, source, ..
-                } => DeployError::Io {
-                    op,
-                    path,
-                    source,
-                    rolled_back,
-                },
-                other => other,
-            });
+            return Err(err.rolled_back(rolled_back));
         }
         // Deletes come last: if a write fails, nothing was lost yet.
         report.deleted.extend(moved_aside.iter().cloned());
@@ -311,27 +370,31 @@ pub fn deploy(
             .iter()
             .filter(|p| !moved_aside.iter().any(|m| m == *p))
         {
-            let full = dest.join(path);
-            match std::fs::remove_file(&full) {
+            match root.remove_file(Path::new(path)) {
                 Ok(()) => report.deleted.push(path.to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %full.display(), error = %e, "cannot delete file no longer in the commit")
+                    tracing::warn!(error = %e, "cannot delete file no longer in the commit")
                 }
             }
-            remove_empty_parents(dest, &full, &staged.files);
-            if let Some(parent) = full.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
+            remove_empty_parents(&root, path, &staged.files);
+            dirs.insert(parent_of(path).to_string());
         }
         for item in undo {
             if let Undo::Replaced { backup, .. } | Undo::MovedAside { backup, .. } = item {
-                let _ = state::remove_tree(&backup);
+                if let Err(e) = root.remove_tree(&backup) {
+                    tracing::warn!(error = %e, "cannot remove a backup of the last deploy");
+                }
             }
         }
         for dir in &dirs {
-            if dir.exists() {
-                state::sync_dir(dir).map_err(io("syncing", dir, false))?;
+            match root.open_dir(Path::new(dir)) {
+                Ok(handle) => handle
+                    .sync()
+                    .map_err(|e| DeployError::from(e).rolled_back(false))?,
+                // Removed because it became empty.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(DeployError::from(e).rolled_back(false)),
             }
         }
         report.written = to_write.iter().map(|p| p.to_string()).collect();
@@ -341,12 +404,7 @@ pub fn deploy(
         .iter()
         .zip(seen)
         .map(|((path, kind, _), stamp)| {
-            let stamp = stamp.or_else(|| {
-                dest.join(path)
-                    .symlink_metadata()
-                    .ok()
-                    .map(|m| Stamp::of(&m))
-            });
+            let stamp = stamp.or_else(|| root.stat(Path::new(path)).ok().map(|m| stamp_of(&m)));
             let kind = (*kind).clone();
             (path.to_string(), Managed { kind, stamp })
         })
@@ -382,44 +440,90 @@ fn io(
     }
 }
 
-/// The stamp of the destination entry at `full` when it already is
+/// The directory part of a `/`-separated relative path (`""` at the top).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// Every directory above a relative path: `a/b/c` gives `a`, `a/b`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+fn stamp_of(meta: &Meta) -> Stamp {
+    Stamp {
+        ino: meta.ino,
+        size: meta.size,
+        mtime_ns: meta.mtime_ns,
+        ctime_ns: meta.ctime_ns,
+    }
+}
+
+/// Directory handles for the comparison pass, opened once for the files
+/// they hold (the paths come sorted, so a few handles cover a subtree).
+struct Parents<'a> {
+    root: &'a Dir,
+    /// Recently used directories; `None`: not reachable without a link
+    /// (or missing), so everything in it must be written.
+    recent: Vec<(&'a str, Option<Dir>)>,
+}
+
+impl<'a> Parents<'a> {
+    const KEPT: usize = 8;
+
+    fn get(&mut self, parent: &'a str) -> Result<Option<&Dir>, DeployError> {
+        if parent.is_empty() {
+            return Ok(Some(self.root));
+        }
+        let at = match self.recent.iter().position(|(p, _)| *p == parent) {
+            Some(at) => at,
+            None => {
+                let handle = match self.root.open_dir(Path::new(parent)) {
+                    Ok(d) => Some(d),
+                    Err(e) if e.is_not_found() || e.link().is_some() => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if self.recent.len() == Self::KEPT {
+                    self.recent.remove(0);
+                }
+                self.recent.push((parent, handle));
+                self.recent.len() - 1
+            }
+        };
+        Ok(self.recent[at].1.as_ref())
+    }
+}
+
+/// The stamp of the destination entry `name` in `dir` when it already is
 /// `kind`; `None` when it must be written.
 fn matches(
-    full: &Path,
+    dir: &Dir,
+    name: &Path,
     kind: &FileKind,
     known: Option<&Managed>,
     verify: Verify,
     options: Options,
 ) -> Result<Option<Stamp>, DeployError> {
-    let meta = match full.symlink_metadata() {
-        Ok(m) => m,
-        // NotADirectory: a file of the last commit stands where this
-        // path's directory must go.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(io("inspecting", full, true)(e)),
+    let Some(meta) = dir.stat_if_any(name)? else {
+        return Ok(None);
     };
-    let stamp = Stamp::of(&meta);
+    let stamp = stamp_of(&meta);
     let equal = match kind {
         FileKind::Symlink { target } => {
-            meta.file_type().is_symlink()
-                && std::fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())
+            meta.kind == Kind::Symlink
+                && dir
+                    .read_link(name)
+                    .is_ok_and(|t| t.as_os_str() == target.as_str())
         }
         FileKind::File {
             sha256,
             executable,
             secret,
         } => {
-            meta.file_type().is_file()
-                && meta.permissions().mode() & 0o7777 == options.mode_of(*executable, *secret)
+            meta.kind == Kind::File
+                && meta.mode == options.mode_of(*executable, *secret)
                 && (matches!((verify, known), (Verify::Stamp, Some(k)) if k.kind == *kind && k.stamp == Some(stamp))
-                    || hash_file(full, *secret, &options.content_key).is_ok_and(|h| h == *sha256))
+                    || hash_entry(dir, name, *secret, &options.content_key).is_ok_and(|h| h == *sha256))
         }
     };
     Ok(equal.then_some(stamp))
@@ -428,15 +532,25 @@ fn matches(
 /// [`matches`] for every entry, in order, spread over the available cores:
 /// the pass is one `lstat` (or a hash) per managed file.
 fn compare_all(
-    dest: &Path,
+    root: &Dir,
     wanted: &[(&str, &FileKind, Option<&Managed>)],
     verify: Verify,
     options: Options,
 ) -> Vec<Result<Option<Stamp>, DeployError>> {
     const PER_THREAD: usize = 1024;
     let compare = |part: &[(&str, &FileKind, Option<&Managed>)]| {
+        let mut parents = Parents {
+            root,
+            recent: Vec::new(),
+        };
         part.iter()
-            .map(|(path, kind, known)| matches(&dest.join(path), kind, *known, verify, options))
+            .map(|&(path, kind, known)| {
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+                match parents.get(parent)? {
+                    Some(dir) => matches(dir, Path::new(name), kind, known, verify, options),
+                    None => Ok(None),
+                }
+            })
             .collect::<Vec<_>>()
     };
     if wanted.len() <= PER_THREAD {
@@ -461,119 +575,231 @@ fn compare_all(
     })
 }
 
-/// A file's content hash, hex, as the manifest holds it ([`ContentHasher`]).
-pub fn hash_file(path: &Path, secret: bool, key: &ContentKey) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
+/// SHA-256 of the regular file `name` in `dir` (never through a link), hex.
+/// Hashed as the manifest holds it ([`ContentHasher`]: keyed for secrets).
+fn hash_entry(dir: &Dir, name: &Path, secret: bool, key: &ContentKey) -> std::io::Result<String> {
+    let mut file = dir.open_file(name)?;
     let mut hasher = ContentHasher::new(secret, key);
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hasher.finish())
 }
 
-fn temp_name(final_path: &Path, role: &str) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .unwrap_or_default()
-        .as_encoded_bytes();
-    let digest = hex::encode(&Sha256::digest(name)[..8]);
-    final_path.with_file_name(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
+/// The name of gitreload's temp (`role` = `tmp`) or backup (`old`) entry
+/// for `path`, in the same directory.
+fn temp_name(path: &str, role: &str) -> PathBuf {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let digest = hex::encode(&Sha256::digest(name.as_bytes())[..8]);
+    Path::new(parent).join(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
 }
 
-/// What [`apply`] did, to finish or undo it.
+/// What [`Plan::apply`] did, to finish or undo it.
 #[derive(Default)]
 struct Applied {
     undo: Vec<Undo>,
-    /// Directories whose entries changed (to fsync).
-    dirs: BTreeSet<PathBuf>,
-    /// Paths removed with a directory that was moved aside.
+    /// Directories whose entries changed (to fsync), relative.
+    dirs: BTreeSet<String>,
+    /// Managed paths removed by moving them (or a directory holding them)
+    /// aside.
     moved_aside: Vec<String>,
 }
 
-fn apply(
-    staged: &Staged,
-    dest: &Path,
-    to_write: &[&str],
-    to_delete: &[&str],
+/// One deploy's writes: what to write where, and what may be removed.
+struct Plan<'a> {
+    staged: &'a Staged,
+    /// The staging directory, read without following links.
+    source: &'a Dir,
+    root: &'a Dir,
+    /// Managed paths leaving with this commit, sorted.
+    to_delete: &'a [&'a str],
+    managed_dirs: &'a BTreeSet<&'a str>,
     options: Options,
-    done: &mut Applied,
-) -> Result<(), DeployError> {
-    let Applied {
-        undo,
-        dirs,
-        moved_aside,
-    } = done;
-    for path in to_write {
-        let full = dest.join(path);
-        let parent = full.parent().unwrap_or(dest).to_path_buf();
-        make_dirs(dest, &parent, to_delete, options, undo)?;
-        let mut existing = full.symlink_metadata().ok();
-        if existing.as_ref().is_some_and(|m| m.is_dir()) {
-            // A directory of the last commit that became a file: it may go
-            // if everything in it is gitreload's and leaves with this
-            // commit. It is moved aside, so a failure can put it back.
-            let leaving = managed_below(&full, path, to_delete);
-            let Some(leaving) = leaving else {
-                return Err(DeployError::Conflict {
-                    path: full,
-                    commit: staged.commit.to_string(),
-                });
-            };
-            let backup = temp_name(&full, "old");
-            state::remove_tree(&backup).map_err(io("removing", &backup, true))?;
-            std::fs::rename(&full, &backup).map_err(io("moving aside", &full, true))?;
-            undo.push(Undo::MovedAside {
-                path: full.clone(),
-                backup,
-            });
-            moved_aside.extend(leaving);
-            existing = None;
-        }
-        let tmp = temp_name(&full, "tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let result = write_temp(&staged.dir.join(path), &tmp, &staged.files[*path], options);
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("writing", &full, true)(e));
-        }
-        if existing.is_some() {
-            let backup = temp_name(&full, "old");
-            let _ = std::fs::remove_file(&backup);
-            if let Err(e) = std::fs::hard_link(&full, &backup) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io("backing up", &full, true)(e));
-            }
-            undo.push(Undo::Replaced {
-                path: full.clone(),
-                backup,
-            });
-        } else {
-            undo.push(Undo::Created { path: full.clone() });
-        }
-        if let Err(e) = std::fs::rename(&tmp, &full) {
-            let _ = std::fs::remove_file(&tmp);
-            // The undo entry above refers to a rename that did not happen.
-            if let Some(Undo::Replaced { backup, .. }) = undo.pop() {
-                let _ = std::fs::remove_file(backup);
-            }
-            return Err(io("renaming into place", &full, true)(e));
-        }
-        dirs.insert(parent);
-    }
-    Ok(())
 }
 
-/// The managed paths below the directory `dir` (`rel` in the destination)
-/// when every entry in it is one of `to_delete`; `None` when it holds
-/// anything else (a file gitreload does not manage).
-fn managed_below(dir: &Path, rel: &str, to_delete: &[&str]) -> Option<Vec<String>> {
+impl Plan<'_> {
+    fn apply(&self, to_write: &[&str], done: &mut Applied) -> Result<(), DeployError> {
+        for path in to_write {
+            let rel = Path::new(path);
+            let parent = parent_of(path);
+            self.make_dirs(path, parent, done)?;
+            let mut existing = self.root.stat_if_any(rel)?;
+            if existing.is_some_and(|m| m.kind == Kind::Dir) {
+                // A directory of the last commit that became a file: it may go
+                // if everything in it is gitreload's and leaves with this
+                // commit. It is moved aside, so a failure can put it back.
+                let Some(leaving) = managed_below(self.root, path, self.to_delete) else {
+                    return Err(DeployError::Conflict {
+                        path: self.root.root().join(rel),
+                        commit: self.staged.commit.to_string(),
+                    });
+                };
+                let backup = temp_name(path, "old");
+                self.root.remove_tree(&backup)?;
+                self.root.rename(rel, &backup)?;
+                done.undo.push(Undo::MovedAside {
+                    path: rel.to_path_buf(),
+                    backup,
+                });
+                done.moved_aside.extend(leaving);
+                existing = None;
+            }
+            let tmp = temp_name(path, "tmp");
+            let _ = self.root.remove_file(&tmp);
+            if let Err(e) = self.write_temp(path, &tmp) {
+                let _ = self.root.remove_file(&tmp);
+                return Err(e);
+            }
+            if existing.is_some() {
+                // The entry itself (a link is linked, not followed).
+                let backup = temp_name(path, "old");
+                let _ = self.root.remove_tree(&backup);
+                if let Err(e) = self.root.hard_link(rel, &backup) {
+                    let _ = self.root.remove_file(&tmp);
+                    return Err(e.into());
+                }
+                done.undo.push(Undo::Replaced {
+                    path: rel.to_path_buf(),
+                    backup,
+                });
+            } else {
+                done.undo.push(Undo::Created {
+                    path: rel.to_path_buf(),
+                });
+            }
+            if let Err(e) = self.root.rename(&tmp, rel) {
+                let _ = self.root.remove_file(&tmp);
+                // The undo entry above refers to a rename that did not happen.
+                if let Some(Undo::Replaced { backup, .. }) = done.undo.pop() {
+                    let _ = self.root.remove_file(&backup);
+                }
+                return Err(e.into());
+            }
+            done.dirs.insert(parent.to_string());
+        }
+        Ok(())
+    }
+
+    /// Creates the directories of `dir` (on the way to `wanted`), one
+    /// component at a time from the destination's handle. In the way of one:
+    /// a managed file or link leaving with this commit is moved aside; a
+    /// link where a managed directory was is removed; anything else stops
+    /// the deploy.
+    fn make_dirs(&self, wanted: &str, dir: &str, done: &mut Applied) -> Result<(), DeployError> {
+        if dir.is_empty() || self.root.open_dir(Path::new(dir)).is_ok() {
+            return Ok(());
+        }
+        let mut end = 0;
+        for name in dir.split('/') {
+            end += name.len() + usize::from(end > 0);
+            let current = &dir[..end];
+            let rel = Path::new(current);
+            match self.root.stat_if_any(rel)? {
+                Some(Meta {
+                    kind: Kind::Dir, ..
+                }) => continue,
+                None => {}
+                Some(found) => {
+                    if self.to_delete.binary_search(&current).is_ok() {
+                        // Ours, leaving with this commit: moved aside, so a
+                        // failure can put it back.
+                        let backup = temp_name(current, "old");
+                        self.root.remove_tree(&backup)?;
+                        self.root.rename(rel, &backup)?;
+                        done.undo.push(Undo::MovedAside {
+                            path: rel.to_path_buf(),
+                            backup,
+                        });
+                        done.moved_aside.push(current.to_string());
+                    } else if found.kind == Kind::Symlink && self.managed_dirs.contains(current) {
+                        tracing::warn!(
+                            path = %self.root.root().join(rel).display(),
+                            "a symbolic link replaced a managed directory; it is removed and the directory put back"
+                        );
+                        self.root.remove_file(rel)?;
+                    } else {
+                        return Err(DeployError::InTheWay {
+                            path: self.root.root().join(rel),
+                            what: if found.kind == Kind::Symlink {
+                                "a symbolic link"
+                            } else {
+                                "a file"
+                            },
+                            wanted: wanted.to_string(),
+                            commit: self.staged.commit.to_string(),
+                        });
+                    }
+                }
+            }
+            if self.root.create_dir(rel, self.options.dir_mode())? {
+                done.undo.push(Undo::CreatedDir {
+                    path: rel.to_path_buf(),
+                });
+            }
+            if let Some(Owner { uid, gid }) = self.options.owner {
+                self.root.set_owner(rel, uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the staged `path` to the temp entry `tmp`: a link, or a file
+    /// copied, hashed, given its mode and owner, and fsynced.
+    fn write_temp(&self, path: &str, tmp: &Path) -> Result<(), DeployError> {
+        let options = self.options;
+        match &self.staged.files[path] {
+            FileKind::Symlink { target } => self.root.symlink(Path::new(target), tmp)?,
+            FileKind::File {
+                sha256,
+                executable,
+                secret,
+            } => {
+                let mode = options.mode_of(*executable, *secret);
+                let full = self.root.root().join(path);
+                let mut input = Hashing {
+                    inner: self.source.open_file(Path::new(path))?,
+                    hasher: ContentHasher::new(*secret, &options.content_key),
+                };
+                let mut output = self.root.create_new_file(tmp, mode)?;
+                std::io::copy(&mut input, &mut output).map_err(io("writing", &full, true))?;
+                // The bytes deployed are the bytes the manifest names, even if
+                // something (a checker) changed the staged copy.
+                if input.hasher.finish() != *sha256 {
+                    return Err(io("writing", &full, true)(std::io::Error::other(format!(
+                        "its staged copy {} changed after it was staged (did the checker write to it?)",
+                        self.source.root().join(path).display()
+                    ))));
+                }
+                // The umask may have narrowed the mode given at creation.
+                confined::set_mode(&output, mode).map_err(io("setting mode of", &full, true))?;
+                if let Some(Owner { uid, gid }) = options.owner {
+                    confined::set_owner(&output, uid, gid).map_err(io(
+                        "setting owner of",
+                        &full,
+                        true,
+                    ))?;
+                }
+                output
+                    .flush()
+                    .and_then(|()| output.sync_all())
+                    .map_err(io("writing", &full, true))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The managed paths below the directory `rel` when every entry in it is
+/// one of `to_delete`; `None` when it holds anything else (a file
+/// gitreload does not manage, a link to a directory included).
+fn managed_below(root: &Dir, rel: &str, to_delete: &[&str]) -> Option<Vec<String>> {
     let mut found = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), rel.to_string())];
-    while let Some((dir, rel)) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ok()? {
-            let entry = entry.ok()?;
-            let name = entry.file_name().into_string().ok()?;
-            let path = format!("{rel}/{name}");
-            if entry.file_type().ok()?.is_dir() {
-                stack.push((entry.path(), path));
+    let mut stack = vec![rel.to_string()];
+    while let Some(dir) = stack.pop() {
+        let handle = root.open_dir(Path::new(&dir)).ok()?;
+        for (name, kind) in handle.entries().ok()? {
+            let name = name.into_string().ok()?;
+            let path = format!("{dir}/{name}");
+            if kind == Kind::Dir {
+                stack.push(path);
             } else if to_delete.binary_search(&path.as_str()).is_ok() {
                 found.push(path);
             } else {
@@ -582,90 +808,6 @@ fn managed_below(dir: &Path, rel: &str, to_delete: &[&str]) -> Option<Vec<String
         }
     }
     Some(found)
-}
-
-/// Creates the directories leading to `dir`. A managed file that stands
-/// where a directory must go (and is no longer in the commit) is moved aside.
-fn make_dirs(
-    dest: &Path,
-    dir: &Path,
-    to_delete: &[&str],
-    options: Options,
-    undo: &mut Vec<Undo>,
-) -> Result<(), DeployError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let relative = dir.strip_prefix(dest).unwrap_or(dir);
-    let mut current = dest.to_path_buf();
-    for component in relative.components() {
-        current.push(component);
-        match current.symlink_metadata() {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => {
-                let rel = current.strip_prefix(dest).unwrap_or(&current);
-                if !to_delete.contains(&rel.to_string_lossy().as_ref()) {
-                    return Err(io("creating directory", &current, true)(
-                        std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            "a file that gitreload does not manage is in the way",
-                        ),
-                    ));
-                }
-                let backup = temp_name(&current, "old");
-                std::fs::rename(&current, &backup).map_err(io("moving aside", &current, true))?;
-                undo.push(Undo::MovedAside {
-                    path: current.clone(),
-                    backup,
-                });
-            }
-            Err(_) => {}
-        }
-        std::fs::DirBuilder::new()
-            .mode(options.dir_mode())
-            .create(&current)
-            .map_err(io("creating directory", &current, true))?;
-        set_owner(&current, options.owner).map_err(io("setting owner of", &current, true))?;
-    }
-    Ok(())
-}
-
-use std::os::unix::fs::DirBuilderExt;
-
-fn write_temp(source: &Path, tmp: &Path, kind: &FileKind, options: Options) -> std::io::Result<()> {
-    match kind {
-        FileKind::Symlink { target } => std::os::unix::fs::symlink(target, tmp),
-        FileKind::File {
-            sha256,
-            executable,
-            secret,
-        } => {
-            let mode = options.mode_of(*executable, *secret);
-            let mut input = Hashing {
-                inner: File::open(source)?,
-                hasher: ContentHasher::new(*secret, &options.content_key),
-            };
-            let mut output = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(tmp)?;
-            std::io::copy(&mut input, &mut output)?;
-            // The bytes deployed are the bytes the manifest names, even if
-            // something (a checker) changed the staged copy.
-            if input.hasher.finish() != *sha256 {
-                return Err(std::io::Error::other(format!(
-                    "its staged copy {} changed after it was staged (did the checker write to it?)",
-                    source.display()
-                )));
-            }
-            // The umask may have narrowed the mode given at creation.
-            output.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            set_owner(tmp, options.owner)?;
-            output.flush()?;
-            output.sync_all()
-        }
-    }
 }
 
 /// A reader that hashes what passes through it.
@@ -682,92 +824,96 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
     }
 }
 
-fn set_owner(path: &Path, owner: Option<Owner>) -> std::io::Result<()> {
-    match owner {
-        Some(o) => std::os::unix::fs::lchown(path, Some(o.uid), o.gid),
-        None => Ok(()),
-    }
-}
-
 /// Undoes applied changes, newest first. Returns false when something could
 /// not be restored (the journal then stays, and the next start rehashes).
-fn rollback(undo: Vec<Undo>, dest: &Path) -> bool {
+fn rollback(undo: Vec<Undo>, root: &Dir) -> bool {
     let mut complete = true;
     for item in undo.into_iter().rev() {
         let result = match &item {
             Undo::Replaced { path, backup } | Undo::MovedAside { path, backup } => {
-                std::fs::rename(backup, path)
+                root.rename(backup, path)
             }
-            Undo::Created { path } => std::fs::remove_file(path),
+            Undo::Created { path } => root.remove_file(path),
+            Undo::CreatedDir { path } => {
+                // Left in place when someone put something in it meanwhile.
+                if let Err(e) = root.remove_dir(path) {
+                    tracing::debug!(error = %e, "directory of the failed deploy kept");
+                }
+                continue;
+            }
         };
         if let Err(e) = result {
             complete = false;
-            tracing::error!(dest = %dest.display(), error = %e, "rollback step failed");
+            tracing::error!(error = %e, "rollback step failed");
         }
     }
     complete
 }
 
-fn remove_empty_parents(dest: &Path, removed: &Path, keep: &BTreeMap<String, FileKind>) {
-    let mut dir = removed.parent();
-    while let Some(d) = dir {
-        if d == dest || !d.starts_with(dest) {
-            break;
-        }
-        let rel = d
-            .strip_prefix(dest)
-            .unwrap_or(d)
-            .to_string_lossy()
-            .to_string();
-        let prefix = format!("{rel}/");
-        if keep.keys().any(|k| k.starts_with(&prefix)) {
-            break;
-        }
+/// Removes the directories above the removed `path` that became empty and
+/// hold nothing of the commit.
+fn remove_empty_parents(root: &Dir, removed: &str, keep: &BTreeMap<String, FileKind>) {
+    let mut dir = parent_of(removed);
+    while !dir.is_empty() {
+        let prefix = format!("{dir}/");
+        let kept = keep
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
         // Fails (and stops) when the directory holds anything else.
-        if std::fs::remove_dir(d).is_err() {
+        if kept || root.remove_dir(Path::new(dir)).is_err() {
             break;
         }
-        dir = d.parent();
+        dir = parent_of(dir);
     }
 }
 
 /// Removes temp files and backups (files, or directories moved aside) a
-/// crashed deploy left in `dest`. Returns how many were removed. Symlinked
-/// directories are not followed.
+/// crashed deploy left in `dest`. Returns how many were removed. Links are
+/// never followed: the walk goes from directory handles.
 pub fn remove_leftovers(dest: &Path) -> usize {
+    let Ok(root) = Dir::open_root(dest) else {
+        return 0;
+    };
     let mut removed = 0;
-    let mut stack = vec![dest.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(dir) = root.open_dir(&rel) else {
             continue;
         };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let name = entry.file_name();
+        let Ok(entries) = dir.entries() else {
+            continue;
+        };
+        for (name, kind) in entries {
             if name.to_string_lossy().starts_with(LEFTOVER_PREFIX) {
                 // A directory is one moved aside to make room for a file.
-                if state::remove_tree(&entry.path()).is_ok() {
+                if dir.remove_tree(Path::new(&name)).is_ok() {
                     removed += 1;
                 }
-            } else if kind.is_dir() {
-                stack.push(entry.path());
+            } else if kind == Kind::Dir {
+                stack.push(rel.join(&name));
             }
         }
     }
     removed
 }
 
-/// Managed paths whose destination entry no longer matches the manifest.
-/// With [`Verify::Stamp`] a file whose stat stamp is unchanged is trusted.
+/// Managed paths whose destination entry no longer matches the manifest
+/// (a path reached only through a link has drifted). With
+/// [`Verify::Stamp`] a file whose stat stamp is unchanged is trusted.
 pub fn drifted(dest: &Path, manifest: &Manifest, verify: Verify, options: Options) -> Vec<String> {
     let wanted: Vec<(&str, &FileKind, Option<&Managed>)> = manifest
         .files
         .iter()
         .map(|(path, managed)| (path.as_str(), &managed.kind, Some(managed)))
         .collect();
-    let seen = compare_all(dest, &wanted, verify, options);
+    let Ok(root) = Dir::open_root(dest) else {
+        return manifest.files.keys().cloned().collect();
+    };
+    let seen = compare_all(&root, &wanted, verify, options);
     wanted
         .iter()
         .zip(seen)

@@ -27,9 +27,9 @@
 //! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
-//! | [`deploy`] | makes the destination equal to the staged tree | [`deploy::Manifest`], [`deploy::Report`] |
+//! | [`deploy`] | makes the destination equal to the staged tree, through [`confined`] handles; restores managed directories replaced by links | [`deploy::Manifest`], [`deploy::Report`] |
 //! | [`reload`] | rounds of reload requests to every resolved address | [`reload::Progress`], [`reload::Refusal`] |
-//! | [`drift`] | watches the destination for changes by others | a signal to look again |
+//! | [`drift`] | watches the destination for changes by others (its parent until deploy creates it; never writes) | a signal to look again |
 //! | [`sync`] | the pipeline and its loop; readiness | [`sync::Outcome`] |
 //! | [`validate`] | `gitreload validate`: stage and check a local checkout | [`validate::Report`] |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz`, `POST /sync` | |
@@ -44,8 +44,12 @@
 //!   any failure leaves the last good config live, byte for byte. Deploy
 //!   hashes every byte it copies: a staged file changed after staging (by
 //!   the checker) fails the deploy instead of reaching the volume.
-//! - Only [`deploy`] writes to the destination, and only paths it manages
-//!   (recorded in the manifest); files others put there are never touched.
+//! - Only [`deploy`] writes to the destination (it alone creates it), and
+//!   only paths it manages (recorded in the manifest); files others put
+//!   there are never touched. Every look, write, rename, chmod, chown and
+//!   delete below the destination goes through a [`confined`] handle and
+//!   never resolves through a symbolic link, whoever put the link there (a
+//!   commit, an earlier commit, someone else on the volume).
 //! - Only [`git`] uses gix and the HTTP client that fetches; only
 //!   [`reload`] and [`http`] touch the network besides the fetch. [`deploy`]
 //!   never talks to the network. [`credentials`] never uses gix: it turns

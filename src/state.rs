@@ -266,6 +266,11 @@ impl ContentKey {
         Ok(ContentKey(key))
     }
 
+    /// A key given whole (tests that compare hashes across calls).
+    pub fn from_bytes(key: [u8; 32]) -> ContentKey {
+        ContentKey(key)
+    }
+
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -85,6 +85,10 @@
 //!   pred)`, `wait_exit(timeout) -> ExitStatus`,
 //!   `terminate() -> ExitStatus`, `kill9()`, `sigstop()`, `sigcont()`,
 //!   `pid()`, `is_running()`, `log_path()`, `output()`.
+//!
+//! Library deploys (`volume.rs`): `Volume::new()` (destination, state and a
+//! sentinel tree beside them), `deploy(&Commit)`, `drift_repair(&Commit)`,
+//! `escaping_links()`, `managed_tree()`, `snapshot(dir)`.
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
@@ -94,6 +98,7 @@ pub mod git;
 pub mod gitreload;
 pub mod sidecar;
 pub mod ssh;
+pub mod volume;
 
 pub use apps::{Alertmanager, Prometheus, Replicas};
 pub use dns::{query_a, Dns};
