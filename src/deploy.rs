@@ -523,7 +523,8 @@ fn matches(
             meta.kind == Kind::File
                 && meta.mode == options.mode_of(*executable, *secret)
                 && (matches!((verify, known), (Verify::Stamp, Some(k)) if k.kind == *kind && k.stamp == Some(stamp))
-                    || hash_entry(dir, name, *secret, &options.content_key).is_ok_and(|h| h == *sha256))
+                    || hash_entry(dir, name, *secret, &options.content_key)
+                        .is_ok_and(|h| h == *sha256))
         }
     };
     Ok(equal.then_some(stamp))

@@ -139,6 +139,12 @@ pub enum MaterializeError {
     /// moves.
     #[error("{path}: {reason}")]
     Rejected { path: String, reason: String },
+    /// A file's secrets cannot be resolved (an absent variable or file, an
+    /// identity that does not decrypt it, a bad reference): rejected like
+    /// [`MaterializeError::Rejected`], but the inputs live outside git, so
+    /// a new process (started with new secrets) tries the commit again.
+    #[error("{path}: {reason}")]
+    Unresolved { path: String, reason: String },
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -781,7 +787,10 @@ impl<'a> Stager<'a> {
             .rules
             .secrets
             .resolve(&path, data, &mut self.findings)
-            .map_err(|r| reject(&path, r))?;
+            .map_err(|reason| MaterializeError::Unresolved {
+                path: path.clone(),
+                reason,
+            })?;
         let target = Path::new(&deployed);
         let stamp = replacing(self.dir, target, || {
             let mode = if executable { 0o700 } else { 0o600 };

@@ -595,14 +595,11 @@ impl Pipeline {
         let staged = match staged {
             Ok(s) => s,
             Err(MaterializeError::Rejected { path, reason }) => {
-                tracing::error!(
-                    target: "gitreload::materialize",
-                    commit = %commit.short(),
-                    path = %path,
-                    reason = %reason,
-                    "commit rejected"
-                );
-                self.reject(commit, Some(format!("{path}: {reason}")));
+                self.rejected_by_rules(commit, &path, &reason, true);
+                return Err(Outcome::CheckFailed);
+            }
+            Err(MaterializeError::Unresolved { path, reason }) => {
+                self.rejected_by_rules(commit, &path, &reason, false);
                 return Err(Outcome::CheckFailed);
             }
             Err(MaterializeError::Git(e)) => {
@@ -681,6 +678,18 @@ impl Pipeline {
             });
         self.metrics.stage(Stage::materialize, began.elapsed());
         result
+    }
+
+    /// A path rule (or, not `kept`, a secret) rejected `commit`.
+    fn rejected_by_rules(&mut self, commit: &CommitId, path: &str, reason: &str, kept: bool) {
+        tracing::error!(
+            target: "gitreload::materialize",
+            commit = %commit.short(),
+            path = %path,
+            reason = %reason,
+            "commit rejected"
+        );
+        self.reject(commit, kept.then(|| format!("{path}: {reason}")));
     }
 
     /// Rejects `commit` until upstream moves; with a reason, the rejection

@@ -66,7 +66,10 @@ pub async fn validate(settings: &StagingSettings, dir: &Path) -> Result<Report, 
     };
     let checkout = match staged {
         Ok(c) => c,
-        Err(MaterializeError::Rejected { path, reason }) => {
+        Err(
+            MaterializeError::Rejected { path, reason }
+            | MaterializeError::Unresolved { path, reason },
+        ) => {
             return Ok(Report {
                 warnings: Vec::new(),
                 files: 0,

@@ -368,3 +368,32 @@ fn checker_that_swaps_the_staging_tree_for_a_link_cannot_redirect_writes() {
     );
     assert!(s.dest_file("prometheus.yml").contains("marker: two"));
 }
+
+/// A commit rejected for a secret the process lacks (an unset variable)
+/// is tried again by a process started with it: the fix lives outside git,
+/// and a restart is how an operator supplies it.
+#[test]
+fn commit_rejected_for_a_missing_secret_is_tried_again_after_a_restart() {
+    let s = Sidecar::new();
+    s.upstream.write(
+        "prometheus.yml",
+        "global:\n  scrape_interval: 15s\n  external_labels:\n    token: '${env:PROM_TOKEN}'\n",
+    );
+    s.upstream.commit_and_push("token");
+    let run = |token: Option<&str>| {
+        let mut g = s
+            .gitreload_file()
+            .env("GITRELOAD_EXPAND", "prometheus.yml")
+            .arg("--once");
+        if let Some(t) = token {
+            g = g.env("PROM_TOKEN", t);
+        }
+        g.run_once(T)
+    };
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert_eq!(out.events("commit rejected").len(), 1, "{}", out.stdout);
+    let out = run(Some("now-set"));
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(s.dest_file("prometheus.yml").contains("now-set"));
+}
