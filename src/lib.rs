@@ -24,7 +24,7 @@
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
 //! | [`git`] | private bare mirror in the state dir; fetch (git:// on our own socket, smart HTTP on one kept client), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
-//! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
+//! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed, through [`confined`] handles; or writes a working tree; applies path rules (links judged against the whole tree), limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree, through [`confined`] handles; restores managed directories replaced by links | [`deploy::Manifest`], [`deploy::Report`] |
@@ -58,11 +58,17 @@
 //!   compared after resolving links and `..`; the mirror never stores the
 //!   repository URL (it may carry credentials). The state dir is 0700 and
 //!   every file gitreload writes in it 0600.
+//! - Every write, rename, chmod and delete below the staging root goes
+//!   through a [`confined`] handle: a link there (staged from an earlier
+//!   commit, or made by a checker) never redirects a write.
 //! - A symlink is staged only when, resolved through the whole tree of its
 //!   commit, it stays inside it and passes through no other link
 //!   ([`materialize::check_links`]).
 //! - A rejected commit stays rejected across restarts until upstream moves
-//!   (or the rules that judged it change).
+//!   (or the rules that judged it change; a missing secret is tried again
+//!   by the next process); one the process died on twice while staging or
+//!   checking it is rejected at the next start. Every entry, link blob and
+//!   directory is bounded before it is held.
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
 //!   substituted content exists only in the staging dir (0700; secret files
