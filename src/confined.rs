@@ -125,6 +125,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    #[allow(clippy::unnecessary_cast)]
+    fn of_stat(st: &rfs::Stat) -> Kind {
+        Kind::of_mode(st.st_mode as u32)
+    }
+
     fn of_mode(mode: u32) -> Kind {
         match rfs::FileType::from_raw_mode(mode as _) {
             rfs::FileType::RegularFile => Kind::File,
@@ -150,9 +155,12 @@ pub struct Meta {
 }
 
 impl Meta {
+    // `struct stat`'s field types differ between architectures: the casts
+    // are needed on some.
+    #[allow(clippy::unnecessary_cast)]
     fn of(st: &rfs::Stat) -> Meta {
         Meta {
-            kind: Kind::of_mode(st.st_mode as u32),
+            kind: Kind::of_stat(st),
             mode: st.st_mode as u32 & 0o7777,
             ino: st.st_ino as u64,
             size: st.st_size as u64,
@@ -317,7 +325,7 @@ impl Dir {
                 Ok(fd) => current = Some(fd),
                 Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                     return Err(match rfs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) if Kind::of_mode(st.st_mode as u32) == Kind::Symlink => {
+                        Ok(st) if Kind::of_stat(&st) == Kind::Symlink => {
                             self.link_err(op, rel, &done)
                         }
                         _ => self.err(op, &done, e),
@@ -410,7 +418,7 @@ impl Dir {
         match rfs::mkdirat(&parent, name, Mode::from_raw_mode(mode as _)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => match Kind::of_mode(st.st_mode as u32) {
+                Ok(st) => match Kind::of_stat(&st) {
                     Kind::Dir => Ok(false),
                     Kind::Symlink => Err(self.link_err(OP, rel, rel)),
                     _ => Err(self.err(OP, rel, Errno::EXIST)),
@@ -446,7 +454,7 @@ impl Dir {
             Err(e) => return Err(self.err(OP, rel, e)),
         };
         let st = rfs::fstat(&fd).map_err(|e| self.err(OP, rel, e))?;
-        if Kind::of_mode(st.st_mode as u32) != Kind::File {
+        if Kind::of_stat(&st) != Kind::File {
             return Err(self.err(OP, rel, std::io::Error::other("not a regular file")));
         }
         // Back to blocking reads (regular files ignore the flag anyway).
@@ -574,7 +582,7 @@ impl Dir {
                 rfs::FileType::Symlink => Kind::Symlink,
                 rfs::FileType::Unknown => {
                     match rfs::statat(&self.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => Kind::of_mode(st.st_mode as u32),
+                        Ok(st) => Kind::of_stat(&st),
                         Err(Errno::NOENT) => continue,
                         Err(e) => return Err(self.err(OP, Path::new(&name), e)),
                     }

@@ -42,7 +42,7 @@ pub fn watch(dest: &Path, signal: Arc<Notify>) -> Result<DriftWatch, String> {
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if waiting.load(Ordering::SeqCst) {
             // Watching the parent: only the destination's arrival matters.
-            if event.is_ok_and(|e| e.paths.iter().any(|p| *p == awaited)) {
+            if event.is_ok_and(|e| e.paths.contains(&awaited)) {
                 let _ = created_tx.send(());
             }
             return;
