@@ -722,6 +722,8 @@ mod tests {
             assert_link_named(r.remove_dir(&through("sub")), link);
             assert_link_named(r.remove_tree(&through("sub")), link);
             assert_link_named(r.set_owner(&through("victim"), 0, None), link);
+            // The walk used where the kernel has no openat2.
+            assert_link_named(r.walk("opening", &through("sub")).map(|_| ()), link);
         }
         assert_eq!(listing(&p.outside), before, "something outside changed");
     }

@@ -589,8 +589,14 @@ fn hash_entry(dir: &Dir, name: &Path, secret: bool, key: &ContentKey) -> std::io
 /// for `path`, in the same directory.
 fn temp_name(path: &str, role: &str) -> PathBuf {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let digest = hex::encode(&Sha256::digest(name.as_bytes())[..8]);
-    Path::new(parent).join(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
+    Path::new(parent).join(leaf_name(Path::new(name), role))
+}
+
+/// [`temp_name`] without the directory.
+fn leaf_name(name: &Path, role: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let digest = hex::encode(&Sha256::digest(name.as_os_str().as_bytes())[..8]);
+    PathBuf::from(format!("{LEFTOVER_PREFIX}{role}-{digest}"))
 }
 
 /// What [`Plan::apply`] did, to finish or undo it.
@@ -618,11 +624,24 @@ struct Plan<'a> {
 
 impl Plan<'_> {
     fn apply(&self, to_write: &[&str], done: &mut Applied) -> Result<(), DeployError> {
+        // The handles of the directory being written to and of its staged
+        // twin, kept while consecutive paths share them (they come sorted):
+        // each entry is then acted on by name, one syscall per step.
+        let mut here: Option<(&str, Dir)> = None;
+        let mut staged_here: Option<(&str, Dir)> = None;
         for path in to_write {
             let rel = Path::new(path);
-            let parent = parent_of(path);
-            self.make_dirs(path, parent, done)?;
-            let mut existing = self.root.stat_if_any(rel)?;
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let name = Path::new(name);
+            if here.as_ref().is_none_or(|(p, _)| *p != parent) {
+                self.make_dirs(path, parent, done)?;
+                here = Some((parent, self.root.open_dir(Path::new(parent))?));
+            }
+            let Some((_, dir)) = &here else {
+                unreachable!("opened above")
+            };
+            let aside = |leaf: PathBuf| Path::new(parent).join(leaf);
+            let mut existing = dir.stat_if_any(name)?;
             if existing.is_some_and(|m| m.kind == Kind::Dir) {
                 // A directory of the last commit that became a file: it may go
                 // if everything in it is gitreload's and leaves with this
@@ -633,41 +652,41 @@ impl Plan<'_> {
                         commit: self.staged.commit.to_string(),
                     });
                 };
-                let backup = temp_name(path, "old");
-                self.root.remove_tree(&backup)?;
-                self.root.rename(rel, &backup)?;
+                let backup = leaf_name(name, "old");
+                dir.remove_tree(&backup)?;
+                dir.rename(name, &backup)?;
                 done.undo.push(Undo::MovedAside {
                     path: rel.to_path_buf(),
-                    backup,
+                    backup: aside(backup),
                 });
                 done.moved_aside.extend(leaving);
                 existing = None;
             }
-            let tmp = temp_name(path, "tmp");
-            let _ = self.root.remove_file(&tmp);
-            if let Err(e) = self.write_temp(path, &tmp) {
-                let _ = self.root.remove_file(&tmp);
+            let tmp = leaf_name(name, "tmp");
+            let _ = dir.remove_file(&tmp);
+            if let Err(e) = self.write_temp(path, dir, &tmp, &mut staged_here) {
+                let _ = dir.remove_file(&tmp);
                 return Err(e);
             }
             if existing.is_some() {
                 // The entry itself (a link is linked, not followed).
-                let backup = temp_name(path, "old");
-                let _ = self.root.remove_tree(&backup);
-                if let Err(e) = self.root.hard_link(rel, &backup) {
-                    let _ = self.root.remove_file(&tmp);
+                let backup = leaf_name(name, "old");
+                let _ = dir.remove_tree(&backup);
+                if let Err(e) = dir.hard_link(name, &backup) {
+                    let _ = dir.remove_file(&tmp);
                     return Err(e.into());
                 }
                 done.undo.push(Undo::Replaced {
                     path: rel.to_path_buf(),
-                    backup,
+                    backup: aside(backup),
                 });
             } else {
                 done.undo.push(Undo::Created {
                     path: rel.to_path_buf(),
                 });
             }
-            if let Err(e) = self.root.rename(&tmp, rel) {
-                let _ = self.root.remove_file(&tmp);
+            if let Err(e) = dir.rename(&tmp, name) {
+                let _ = dir.remove_file(&tmp);
                 // The undo entry above refers to a rename that did not happen.
                 if let Some(Undo::Replaced { backup, .. }) = done.undo.pop() {
                     let _ = self.root.remove_file(&backup);
@@ -685,7 +704,8 @@ impl Plan<'_> {
     /// link where a managed directory was is removed; anything else stops
     /// the deploy.
     fn make_dirs(&self, wanted: &str, dir: &str, done: &mut Applied) -> Result<(), DeployError> {
-        if dir.is_empty() || self.root.open_dir(Path::new(dir)).is_ok() {
+        if dir.is_empty() || matches!(self.root.stat(Path::new(dir)), Ok(m) if m.kind == Kind::Dir)
+        {
             return Ok(());
         }
         let mut end = 0;
@@ -744,10 +764,18 @@ impl Plan<'_> {
 
     /// Writes the staged `path` to the temp entry `tmp`: a link, or a file
     /// copied, hashed, given its mode and owner, and fsynced.
-    fn write_temp(&self, path: &str, tmp: &Path) -> Result<(), DeployError> {
+    /// `dir` is the destination directory of `path`, `tmp` a name in it;
+    /// `staged_here` keeps the staged twin's handle between calls.
+    fn write_temp<'p>(
+        &self,
+        path: &'p str,
+        dir: &Dir,
+        tmp: &Path,
+        staged_here: &mut Option<(&'p str, Dir)>,
+    ) -> Result<(), DeployError> {
         let options = self.options;
         match &self.staged.files[path] {
-            FileKind::Symlink { target } => self.root.symlink(Path::new(target), tmp)?,
+            FileKind::Symlink { target } => dir.symlink(Path::new(target), tmp)?,
             FileKind::File {
                 sha256,
                 executable,
@@ -755,11 +783,18 @@ impl Plan<'_> {
             } => {
                 let mode = options.mode_of(*executable, *secret);
                 let full = self.root.root().join(path);
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+                if staged_here.as_ref().is_none_or(|(p, _)| *p != parent) {
+                    *staged_here = Some((parent, self.source.open_dir(Path::new(parent))?));
+                }
+                let Some((_, source)) = staged_here.as_ref() else {
+                    unreachable!("opened above")
+                };
                 let mut input = Hashing {
-                    inner: self.source.open_file(Path::new(path))?,
+                    inner: source.open_file(Path::new(name))?,
                     hasher: ContentHasher::new(*secret, &options.content_key),
                 };
-                let mut output = self.root.create_new_file(tmp, mode)?;
+                let mut output = dir.create_new_file(tmp, mode)?;
                 std::io::copy(&mut input, &mut output).map_err(io("writing", &full, true))?;
                 // The bytes deployed are the bytes the manifest names, even if
                 // something (a checker) changed the staged copy.
