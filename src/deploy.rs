@@ -42,9 +42,9 @@ use sha2::{Digest, Sha256};
 
 use crate::confined::{self, Dir, Kind, Meta};
 use crate::git::CommitId;
-use crate::materialize::{FileKind, Staged, Stamp};
+use crate::materialize::{ContentHasher, FileKind, Staged, Stamp};
 use crate::settings::Owner;
-use crate::state::{self, StateError};
+use crate::state::{self, ContentKey, StateError};
 
 /// Prefix of gitreload's temp and backup files in the destination.
 pub const LEFTOVER_PREFIX: &str = ".gitreload-";
@@ -97,6 +97,8 @@ pub struct Options {
     /// Mode of decrypted or substituted files (`GITRELOAD_SECRET_FILE_MODE`).
     pub secret_file_mode: u32,
     pub owner: Option<Owner>,
+    /// Keys the hashes of secret files ([`ContentHasher`]).
+    pub content_key: ContentKey,
 }
 
 impl Options {
@@ -521,7 +523,8 @@ fn matches(
             meta.kind == Kind::File
                 && meta.mode == options.mode_of(*executable, *secret)
                 && (matches!((verify, known), (Verify::Stamp, Some(k)) if k.kind == *kind && k.stamp == Some(stamp))
-                    || hash_entry(dir, name).is_ok_and(|h| h == *sha256))
+                    || hash_entry(dir, name, *secret, &options.content_key)
+                        .is_ok_and(|h| h == *sha256))
         }
     };
     Ok(equal.then_some(stamp))
@@ -574,11 +577,12 @@ fn compare_all(
 }
 
 /// SHA-256 of the regular file `name` in `dir` (never through a link), hex.
-fn hash_entry(dir: &Dir, name: &Path) -> std::io::Result<String> {
+/// Hashed as the manifest holds it ([`ContentHasher`]: keyed for secrets).
+fn hash_entry(dir: &Dir, name: &Path, secret: bool, key: &ContentKey) -> std::io::Result<String> {
     let mut file = dir.open_file(name)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = ContentHasher::new(secret, key);
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish())
 }
 
 /// The name of gitreload's temp (`role` = `tmp`) or backup (`old`) entry
@@ -788,13 +792,13 @@ impl Plan<'_> {
                 };
                 let mut input = Hashing {
                     inner: source.open_file(Path::new(name))?,
-                    hasher: Sha256::new(),
+                    hasher: ContentHasher::new(*secret, &options.content_key),
                 };
                 let mut output = dir.create_new_file(tmp, mode)?;
                 std::io::copy(&mut input, &mut output).map_err(io("writing", &full, true))?;
                 // The bytes deployed are the bytes the manifest names, even if
                 // something (a checker) changed the staged copy.
-                if hex::encode(input.hasher.finalize()) != *sha256 {
+                if input.hasher.finish() != *sha256 {
                     return Err(io("writing", &full, true)(std::io::Error::other(format!(
                         "its staged copy {} changed after it was staged (did the checker write to it?)",
                         self.source.root().join(path).display()
@@ -845,7 +849,7 @@ fn managed_below(root: &Dir, rel: &str, to_delete: &[&str]) -> Option<Vec<String
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: ContentHasher,
 }
 
 impl<R: std::io::Read> std::io::Read for Hashing<R> {

@@ -182,8 +182,8 @@ pub enum Entry<'a> {
         executable: bool,
         blob: Blob<'a>,
     },
-    /// A symbolic link and its target, as stored.
-    Symlink { path: &'a [u8], target: &'a [u8] },
+    /// A symbolic link; its target (as stored) is read only when asked.
+    Symlink { path: &'a [u8], target: Blob<'a> },
     /// A submodule (a commit inside the tree); never materialized.
     Submodule { path: &'a [u8] },
 }
@@ -914,14 +914,18 @@ impl Walker<'_> {
                     }),
                 })
                 .map(|_| ()),
-                EntryKind::Link => {
-                    let blob = self.repo.objects.find_blob(&oid, &mut self.blob_buf)?;
-                    visit(Entry::Symlink {
-                        path: path.as_slice(),
-                        target: blob.data,
-                    })
-                    .map(|_| ())
-                }
+                // Read only when asked, after its size: a link's target is
+                // a blob like any other, and may be as large.
+                EntryKind::Link => visit(Entry::Symlink {
+                    path: path.as_slice(),
+                    target: Blob(BlobSource::Mirror {
+                        repo: self.repo,
+                        buf: &mut self.blob_buf,
+                        id: oid,
+                        max_size: self.max_blob_size,
+                    }),
+                })
+                .map(|_| ()),
                 EntryKind::Commit => visit(Entry::Submodule {
                     path: path.as_slice(),
                 })

@@ -24,7 +24,7 @@
 //! | [`settings`] | reads and validates `GITRELOAD_*` | [`settings::Settings`] |
 //! | [`git`] | private bare mirror in the state dir; fetch only the wanted ref (git:// on our own socket, smart HTTP on one kept client, both cut at the fetch deadline), resolve the ref; trees read on demand | [`git::Fetched`] (a [`git::CommitId`]) |
 //! | [`credentials`] | SSH key and known hosts, HTTPS user + password file, CA file: prepared before each fetch; access failures explained | [`credentials::Session`] |
-//! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed; or writes a working tree; applies path rules, limits and secrets | [`materialize::Staged`] (dir + hash per file) |
+//! | [`materialize`] | makes the staging dir (kept between syncs, [`materialize::Staging`]) hold a commit's tree, writing only what changed, through [`confined`] handles; or writes a working tree; applies path rules (links judged against the whole tree), limits and secrets | [`materialize::Staged`] (dir + hash per file) |
 //! | [`secrets`] | decrypts `.age` files, substitutes `${file:}`/`${env:}` references from the allowed sources | plaintext for staging, [`secrets::Redactions`] |
 //! | [`check`] | runs the checker in the staging dir | pass, or [`check::CheckError`] with the output |
 //! | [`deploy`] | makes the destination equal to the staged tree, through [`confined`] handles; restores managed directories replaced by links | [`deploy::Manifest`], [`deploy::Report`] |
@@ -36,7 +36,7 @@
 //! | [`metrics`] | every exported metric, named once | |
 //! | [`logging`] | structlog-style JSON lines | |
 //! | [`redact`] | which parts of URLs and messages are secret; every known secret scrubbed from logs, errors, panics | |
-//! | [`state`] | atomic JSON records in the state dir | |
+//! | [`state`] | atomic JSON records in the state dir (0700, files 0600); the key of secret files' hashes | [`state::ContentKey`] |
 //! | [`confined`] | directory handles for roots gitreload owns: every write, rename, chmod, chown and delete below them walks from a handle and never resolves through a symlink | [`confined::Dir`] |
 //!
 //! ## Invariants
@@ -56,14 +56,28 @@
 //!   [`reload`] and [`http`] touch the network besides the fetch. [`deploy`]
 //!   never talks to the network. [`credentials`] never uses gix: it turns
 //!   settings into git config strings and secrets read just now.
-//! - The state dir is never inside the destination; the mirror never stores
-//!   the repository URL (it may carry credentials).
+//! - The state dir is never the destination, inside it, nor around it,
+//!   compared after resolving links and `..`; the mirror never stores the
+//!   repository URL (it may carry credentials). The state dir is 0700 and
+//!   every file gitreload writes in it 0600.
+//! - Every write, rename, chmod and delete below the staging root goes
+//!   through a [`confined`] handle: a link there (staged from an earlier
+//!   commit, or made by a checker) never redirects a write.
+//! - A symlink is staged only when, resolved through the whole tree of its
+//!   commit, it stays inside it and passes through no other link
+//!   ([`materialize::check_links`]).
+//! - A rejected commit stays rejected across restarts until upstream moves
+//!   (or the rules that judged it change; a missing secret is tried again
+//!   by the next process); one the process died on twice while staging or
+//!   checking it is rejected at the next start. Every entry, link blob and
+//!   directory is bounded before it is held.
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
 //!   substituted content exists only in the staging dir (0700; secret files
 //!   removed after each sync, the whole dir at start and at exit) and on
 //!   the destination (with
-//!   `GITRELOAD_SECRET_FILE_MODE`); the mirror holds only ciphertext, errors
+//!   `GITRELOAD_SECRET_FILE_MODE`); the manifest names a secret file's
+//!   content only by a keyed hash; the mirror holds only ciphertext, errors
 //!   name a reference, never its value, and substituted values and every
 //!   line and value of a decrypted plaintext are masked in the checker's
 //!   output.

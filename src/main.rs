@@ -164,7 +164,7 @@ async fn run(settings: Settings) -> ExitCode {
         let _ = shutdown_tx.send(true);
     });
 
-    if let Err(e) = std::fs::create_dir_all(&settings.state_dir) {
+    if let Err(e) = gitreload::state::create_private_dir(&settings.state_dir) {
         tracing::error!(path = %settings.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::FAILURE;
     }

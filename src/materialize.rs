@@ -20,27 +20,34 @@
 //!   time (their inputs live outside git) and removed after each sync. After
 //!   a checker ran, every kept entry is compared with its stat stamp and
 //!   anything changed or added is put right before it is trusted.
+//! - Every write, rename, chmod and delete below the staging root goes
+//!   through [`crate::confined`] directory handles, never path strings: a
+//!   link in the staging directory (one staged from an earlier commit, or
+//!   one a checker made) can never redirect a write out of it.
 //! - A tree that breaks a rule is rejected as a whole, with the path at
 //!   fault named; there is no partial staging. After any failure the
 //!   staging directory is removed, so no plaintext stays behind and the
 //!   next sync starts afresh.
 //! - Limits (`max_files`, `max_file_size`) are enforced while reading, so a
 //!   hostile commit cannot exhaust memory or disk.
-//! - The returned [`Staged`] lists each file with its SHA-256 (of the final,
-//!   decrypted and substituted content), exec bit, secret flag or link
-//!   target: the deploy stage compares by these, never by mtime.
+//! - The returned [`Staged`] lists each file with its content hash (of the
+//!   final, decrypted and substituted content: SHA-256, or for a secret file
+//!   HMAC-SHA256 under the state directory's [`ContentKey`], see
+//!   [`ContentHasher`]), exec bit, secret flag or link target: the deploy
+//!   stage compares by these, never by mtime.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::confined::{self, Dir, Kind};
 use crate::git::{Blob, BlobId, CommitId, Content, Entry, GitError, Mirror};
 use crate::secrets::{self, Findings, Redactions, Secrets};
-use crate::state::remove_tree;
+use crate::state::ContentKey;
 
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -51,7 +58,8 @@ const NAME_MAX: usize = 255;
 pub enum FileKind {
     /// A regular file; `executable` keeps git's 100755 mode; `secret` marks
     /// a decrypted or substituted file (deployed with
-    /// `GITRELOAD_SECRET_FILE_MODE`).
+    /// `GITRELOAD_SECRET_FILE_MODE`). `sha256` is the content's hash as
+    /// [`ContentHasher`] makes it: for a secret file, keyed.
     File {
         sha256: String,
         executable: bool,
@@ -70,6 +78,17 @@ pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+}
+
+impl From<&confined::Meta> for Stamp {
+    fn from(meta: &confined::Meta) -> Stamp {
+        Stamp {
+            ino: meta.ino,
+            size: meta.size,
+            mtime_ns: meta.mtime_ns,
+            ctime_ns: meta.ctime_ns,
+        }
+    }
 }
 
 impl Stamp {
@@ -120,6 +139,12 @@ pub enum MaterializeError {
     /// moves.
     #[error("{path}: {reason}")]
     Rejected { path: String, reason: String },
+    /// A file's secrets cannot be resolved (an absent variable or file, an
+    /// identity that does not decrypt it, a bad reference): rejected like
+    /// [`MaterializeError::Rejected`], but the inputs live outside git, so
+    /// a new process (started with new secrets) tries the commit again.
+    #[error("{path}: {reason}")]
+    Unresolved { path: String, reason: String },
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -130,6 +155,65 @@ pub enum MaterializeError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The hash that names a file's content in [`FileKind::File`]: SHA-256, or
+/// for a secret file HMAC-SHA256 under the state directory's key. The
+/// manifest is readable by whoever reads the state dir (backups, support
+/// bundles); a plain SHA-256 of a short password file would let them test
+/// guesses offline. The keyed hash keeps deploy's comparison exact (same
+/// key, same content, same hash), so secret files are still compared, not
+/// rewritten every time.
+pub enum ContentHasher {
+    Plain(Sha256),
+    Keyed(hmac::Hmac<Sha256>),
+}
+
+impl ContentHasher {
+    pub fn new(secret: bool, key: &ContentKey) -> ContentHasher {
+        use hmac::Mac;
+        if secret {
+            ContentHasher::Keyed(
+                hmac::Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key"),
+            )
+        } else {
+            ContentHasher::Plain(Sha256::new())
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use hmac::Mac;
+        match self {
+            ContentHasher::Plain(h) => Digest::update(h, data),
+            ContentHasher::Keyed(h) => h.update(data),
+        }
+    }
+
+    /// The hash, hex.
+    pub fn finish(self) -> String {
+        use hmac::Mac;
+        match self {
+            ContentHasher::Plain(h) => hex::encode(h.finalize()),
+            ContentHasher::Keyed(h) => hex::encode(h.finalize().into_bytes()),
+        }
+    }
+
+    /// The hash of `data`.
+    pub fn of(data: &[u8], secret: bool, key: &ContentKey) -> String {
+        let mut hasher = ContentHasher::new(secret, key);
+        hasher.update(data);
+        hasher.finish()
+    }
+}
+
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Limits applied while reading a tree.
@@ -144,16 +228,21 @@ pub struct Limits {
 pub struct Rules {
     pub limits: Limits,
     pub secrets: Secrets,
+    /// Keys the hashes of secret files ([`ContentHasher`]).
+    pub content_key: ContentKey,
 }
 
 impl Rules {
     /// The rules the settings ask for; `mode` says whether absent secrets
-    /// reject (deploy) or become placeholders (validate).
+    /// reject (deploy) or become placeholders (validate); `content_key` is
+    /// the state directory's (or a random one where nothing is kept).
     pub fn from_settings(
         settings: &crate::settings::StagingSettings,
         mode: secrets::Mode,
+        content_key: ContentKey,
     ) -> Rules {
         Rules {
+            content_key,
             limits: Limits {
                 max_files: settings.max_files,
                 max_file_size: settings.max_file_size,
@@ -175,7 +264,9 @@ impl Rules {
 /// Dropping it removes the directory.
 #[derive(Debug)]
 pub struct Staging {
-    /// The tree itself (the checker's working directory).
+    /// The staging root (`STATE_DIR/staging`): handles start from it.
+    root: PathBuf,
+    /// The tree itself (`root/tree`, the checker's working directory).
     dir: PathBuf,
     /// Every file and link in `dir`, by deployed path.
     held: BTreeMap<String, Held>,
@@ -200,7 +291,8 @@ impl Staging {
     /// [`materialize`]; whatever is there then is replaced.
     pub fn new(root: &Path) -> Staging {
         Staging {
-            dir: root.join("tree"),
+            root: root.to_path_buf(),
+            dir: root.join(TREE),
             held: BTreeMap::new(),
             dirs: BTreeSet::new(),
             // Unknown content: compare (and clear) before the first reuse.
@@ -214,6 +306,34 @@ impl Staging {
         self.touched = true;
     }
 
+    /// The tree's handle, opened from the staging root without following
+    /// any link; `None` when there is no tree.
+    fn open_tree(&self) -> confined::Result<Option<Dir>> {
+        let root = match Dir::open_root(&self.root) {
+            Ok(root) => root,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match root.open_dir(Path::new(TREE)) {
+            Ok(tree) => Ok(Some(tree)),
+            Err(e) if e.is_not_found() => Ok(None),
+            // A link or a file in its place: it holds nothing of ours.
+            Err(_) if root.stat(Path::new(TREE))?.kind != Kind::Dir => {
+                root.remove_file(Path::new(TREE))?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tree's handle, created (0700) if needed. Anything else in its
+    /// place (a link, a file) is removed, never followed.
+    fn create_tree(&self) -> confined::Result<Dir> {
+        let root = Dir::create_root(&self.root, 0o700)?;
+        make_dir(&root, Path::new(TREE))?;
+        root.open_dir(Path::new(TREE))
+    }
+
     /// Removes the decrypted and substituted files, which must not outlive
     /// the sync that needed them.
     pub fn discard_secrets(&mut self) {
@@ -223,14 +343,21 @@ impl Staging {
             .filter(|(_, h)| matches!(h.kind, FileKind::File { secret: true, .. }))
             .map(|(path, _)| path.clone())
             .collect();
-        for path in secret {
-            let full = self.dir.join(&path);
-            if let Err(e) = remove_tree(&full) {
-                tracing::warn!(path = %full.display(), error = %e, "cannot remove a staged secret; removing the staging directory");
-                self.reset();
-                return;
+        if secret.is_empty() {
+            return;
+        }
+        let removed = self.open_tree().and_then(|tree| {
+            for path in &secret {
+                if let Some(tree) = &tree {
+                    tree.remove_tree(Path::new(path))?;
+                }
+                self.held.remove(path);
             }
-            self.held.remove(&path);
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot remove a staged secret; removing the staging directory");
+            self.reset();
         }
     }
 
@@ -240,34 +367,32 @@ impl Staging {
         self.held.clear();
         self.dirs.clear();
         self.touched = true;
-        if let Err(e) = remove_tree(&self.dir) {
+        if let Err(e) = self.remove_tree() {
             tracing::warn!(path = %self.dir.display(), error = %e, "cannot remove the staging directory");
+        }
+    }
+
+    fn remove_tree(&self) -> confined::Result<()> {
+        match Dir::open_root(&self.root) {
+            Ok(root) => root.remove_tree(Path::new(TREE)),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
     /// Makes the record true again after a checker ran: every entry on disk
     /// that is not recorded, or whose stamp changed, is removed (and
-    /// rewritten by the walk that follows).
-    fn verify(&mut self) -> std::io::Result<()> {
+    /// rewritten by the walk that follows). Walked by handle: a link the
+    /// checker made is seen and removed, never followed.
+    fn verify(&mut self, tree: &Dir) -> confined::Result<()> {
         let mut seen_files = BTreeSet::new();
         let mut seen_dirs = BTreeSet::new();
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() {
-                self.dir.clone()
-            } else {
-                self.dir.join(&rel)
-            };
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel.is_empty() => break,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name();
+            let dir = tree.open_dir(Path::new(&rel))?;
+            for (name, kind) in dir.entries()? {
                 let Some(name) = name.to_str() else {
-                    remove_tree(&entry.path())?;
+                    dir.remove_tree(Path::new(&name))?;
                     continue;
                 };
                 let path = if rel.is_empty() {
@@ -275,22 +400,25 @@ impl Staging {
                 } else {
                     format!("{rel}/{name}")
                 };
-                let meta = entry.path().symlink_metadata()?;
-                if meta.is_dir() {
+                if kind == Kind::Dir {
                     if self.dirs.contains(&path) {
                         seen_dirs.insert(path.clone());
                         stack.push(path);
                     } else {
-                        remove_tree(&entry.path())?;
+                        dir.remove_tree(Path::new(name))?;
                     }
-                } else if self
-                    .held
-                    .get(&path)
-                    .is_some_and(|h| h.stamp == Stamp::of(&meta))
+                    continue;
+                }
+                let meta = dir.stat(Path::new(name))?;
+                if meta.kind != Kind::Dir
+                    && self
+                        .held
+                        .get(&path)
+                        .is_some_and(|h| h.stamp == Stamp::from(&meta))
                 {
                     seen_files.insert(path);
                 } else {
-                    remove_tree(&entry.path())?;
+                    dir.remove_tree(Path::new(name))?;
                 }
             }
         }
@@ -303,7 +431,24 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = remove_tree(&self.dir);
+        let _ = self.remove_tree();
+    }
+}
+
+/// The name of the tree below the staging root.
+const TREE: &str = "tree";
+
+/// Removes the staging root `root` (what a crashed process left, perhaps
+/// with decrypted secrets) from its parent's handle, never following a
+/// link in it.
+pub fn remove_staging(root: &Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+        return Ok(());
+    };
+    match Dir::open_root(parent) {
+        Ok(dir) => Ok(dir.remove_tree(Path::new(name))?),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -333,14 +478,17 @@ fn stage_commit(
 ) -> Result<Staged, MaterializeError> {
     let dir = staging.dir.clone();
     if staging.touched {
-        staging.verify().map_err(io(&dir))?;
+        match staging.open_tree().map_err(confined_io)? {
+            Some(tree) => staging.verify(&tree).map_err(confined_io)?,
+            None => {
+                staging.held.clear();
+                staging.dirs.clear();
+                staging.touched = false;
+            }
+        }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io(&dir))?;
-    let mut stager = Stager::new(&dir, rules, &staging.held);
+    let tree = staging.create_tree().map_err(confined_io)?;
+    let mut stager = Stager::new(&tree, rules, &staging.held);
     mirror
         .walk_tree(commit, subdir, rules.limits.max_file_size, &mut |entry| {
             stager.visit(entry)
@@ -356,18 +504,17 @@ fn stage_commit(
         written,
         ..
     } = stager;
+    check_links(&files, &dirs).map_err(|(path, reason)| reject(&path, reason))?;
     // What the new tree no longer has. A path that changed between file
     // and directory was already replaced by the walk.
     for path in staging.held.keys() {
         if !held.contains_key(path) && !dirs.contains(path) {
-            let full = dir.join(path);
-            remove_tree(&full).map_err(io(&full))?;
+            tree.remove_tree(Path::new(path)).map_err(confined_io)?;
         }
     }
     for path in staging.dirs.iter().rev() {
         if !dirs.contains(path) && !held.contains_key(path) {
-            let full = dir.join(path);
-            remove_tree(&full).map_err(io(&full))?;
+            tree.remove_tree(Path::new(path)).map_err(confined_io)?;
         }
     }
     staging.held = held;
@@ -404,15 +551,19 @@ pub fn materialize_dir(
         .mode(0o700)
         .create(staging)
         .map_err(io(staging))?;
+    let tree = Dir::open_root(staging).map_err(confined_io)?;
     let nothing_held = BTreeMap::new();
-    let mut stager = Stager::new(staging, rules, &nothing_held);
+    let mut stager = Stager::new(&tree, rules, &nothing_held);
     let mut rel = Vec::new();
     let walked = walk_dir(source, &mut rel, rules.limits.max_file_size, &mut |entry| {
         stager.visit(entry)
     });
+    let walked = walked.and_then(|()| {
+        check_links(&stager.files, &stager.dirs).map_err(|(path, reason)| reject(&path, reason))
+    });
     if let Err(e) = walked {
         drop(stager);
-        let _ = std::fs::remove_dir_all(staging);
+        let _ = remove_staging(staging);
         return Err(e);
     }
     let Stager {
@@ -443,6 +594,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError {
     move |source| MaterializeError::Io { path, source }
 }
 
+fn confined_io(e: confined::Error) -> MaterializeError {
+    MaterializeError::Io {
+        path: e.full_path(),
+        source: e.into(),
+    }
+}
+
+/// An error writing `rel` into staging: a rejection when the filesystem
+/// refuses the name or the entry for good (the same commit would fail the
+/// same way at every retry, and on the destination), an I/O error
+/// otherwise (a full disk, permissions: worth a retry).
+fn written(rel: &str) -> impl FnOnce(confined::Error) -> MaterializeError {
+    let rel = rel.to_string();
+    move |e| {
+        let permanent = match &e {
+            confined::Error::Io { source, .. } => source.raw_os_error().filter(|code| {
+                matches!(
+                    *code,
+                    libc::ENAMETOOLONG | libc::EILSEQ | libc::EINVAL | libc::EMLINK | libc::EFBIG
+                )
+            }),
+            _ => None,
+        };
+        match permanent {
+            Some(code) => MaterializeError::Rejected {
+                path: rel,
+                reason: format!(
+                    "the filesystem refuses it: {}",
+                    std::io::Error::from_raw_os_error(code)
+                ),
+            },
+            None => confined_io(e),
+        }
+    }
+}
+
 fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
     MaterializeError::Rejected {
         path: path.to_string(),
@@ -454,7 +641,8 @@ fn reject(path: &str, reason: impl Into<String>) -> MaterializeError {
 /// writing what may be deployed into the staging directory (unless the
 /// directory already holds it).
 struct Stager<'a> {
-    dir: &'a Path,
+    /// The staging tree's handle: every write starts from it.
+    dir: &'a Dir,
     rules: &'a Rules,
     /// What the directory held before this walk.
     previous: &'a BTreeMap<String, Held>,
@@ -469,7 +657,7 @@ struct Stager<'a> {
 }
 
 impl<'a> Stager<'a> {
-    fn new(dir: &'a Path, rules: &'a Rules, previous: &'a BTreeMap<String, Held>) -> Stager<'a> {
+    fn new(dir: &'a Dir, rules: &'a Rules, previous: &'a BTreeMap<String, Held>) -> Stager<'a> {
         Stager {
             dir,
             rules,
@@ -493,9 +681,9 @@ impl<'a> Stager<'a> {
                 if is_hidden(&path) {
                     return Ok(false);
                 }
+                self.count(&path)?;
                 self.ensure_free(&path, &path)?;
-                let target = self.dir.join(&path);
-                make_dir(&target).map_err(io(&target))?;
+                make_dir(self.dir, Path::new(&path)).map_err(written(&path))?;
                 self.dirs.insert(path);
                 Ok(true)
             }
@@ -518,26 +706,42 @@ impl<'a> Stager<'a> {
                 self.stage_file(path, executable, blob)?;
                 Ok(false)
             }
-            Entry::Symlink { path, target } => {
+            Entry::Symlink {
+                path,
+                target: mut blob,
+            } => {
                 let path = named(path)?;
                 if is_hidden(&path) {
                     return Ok(false);
                 }
                 self.count(&path)?;
+                let target = match blob.read()? {
+                    Content::Data(data) => data,
+                    Content::Oversized(size) => {
+                        return Err(reject(
+                            &path,
+                            format!(
+                                "symlink target is {size} bytes, over the limit of {} \
+                                 (GITRELOAD_MAX_FILE_SIZE)",
+                                self.rules.limits.max_file_size
+                            ),
+                        ))
+                    }
+                };
                 let target = std::str::from_utf8(target)
                     .map_err(|_| reject(&path, "symlink target is not valid UTF-8"))?;
                 check_link(&path, target).map_err(|r| reject(&path, r))?;
                 self.ensure_free(&path, &path)?;
-                let link = self.dir.join(&path);
-                let stamp = replacing(&link, || {
-                    std::os::unix::fs::symlink(target, &link)?;
-                    link.symlink_metadata()
+                let link = Path::new(&path);
+                let stamp = replacing(self.dir, link, || {
+                    self.dir.symlink(Path::new(target), link)?;
+                    self.dir.stat(link).map(|meta| Stamp::from(&meta))
                 })
-                .map_err(io(&link))?;
+                .map_err(written(&path))?;
                 let kind = FileKind::Symlink {
                     target: target.to_string(),
                 };
-                self.keep(path, kind, None, Stamp::of(&stamp));
+                self.keep(path, kind, None, stamp);
                 self.written += 1;
                 Ok(false)
             }
@@ -584,25 +788,31 @@ impl<'a> Stager<'a> {
             .rules
             .secrets
             .resolve(&path, data, &mut self.findings)
-            .map_err(|r| reject(&path, r))?;
-        let target = self.dir.join(&deployed);
-        let stamp = replacing(&target, || {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(if executable { 0o700 } else { 0o600 })
-                .open(&target)?;
-            file.write_all(&resolved.data)?;
-            file.metadata()
+            .map_err(|reason| MaterializeError::Unresolved {
+                path: path.clone(),
+                reason,
+            })?;
+        let target = Path::new(&deployed);
+        let stamp = replacing(self.dir, target, || {
+            let mode = if executable { 0o700 } else { 0o600 };
+            let mut file = self.dir.create_new_file(target, mode)?;
+            let io = |source| confined::Error::Io {
+                op: "writing",
+                root: std::sync::Arc::from(self.dir.path().as_path()),
+                path: target.to_path_buf(),
+                source,
+            };
+            file.write_all(&resolved.data).map_err(io)?;
+            file.metadata().map(|meta| Stamp::of(&meta)).map_err(io)
         })
-        .map_err(io(&target))?;
+        .map_err(written(&deployed))?;
         let kind = FileKind::File {
-            sha256: hex::encode(Sha256::digest(&resolved.data)),
+            sha256: ContentHasher::of(&resolved.data, resolved.secret, &self.rules.content_key),
             executable,
             secret: resolved.secret,
         };
         let blob = id.filter(|_| !resolved.secret);
-        self.keep(deployed, kind, blob, Stamp::of(&stamp));
+        self.keep(deployed, kind, blob, stamp);
         self.written += 1;
         Ok(())
     }
@@ -613,7 +823,7 @@ impl<'a> Stager<'a> {
     }
 
     fn count(&self, path: &str) -> Result<(), MaterializeError> {
-        count(&self.files, self.rules.limits, path).map_err(|r| reject(path, r))
+        count(self.files.len() + self.dirs.len(), self.rules.limits).map_err(|r| reject(path, r))
     }
 
     /// Rejects `path` when its deployed name is already taken in this tree:
@@ -634,31 +844,35 @@ impl<'a> Stager<'a> {
     }
 }
 
-/// Creates `path` with `create`; when something from an earlier tree is in
-/// the way, removes it and creates again.
-fn replacing<T>(path: &Path, mut create: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+/// Creates `rel` below `tree` with `create`; when something from an
+/// earlier tree is in the way (a file, a link, a directory), removes it
+/// (a link itself, never what it points to) and creates again.
+fn replacing<T>(
+    tree: &Dir,
+    rel: &Path,
+    mut create: impl FnMut() -> confined::Result<T>,
+) -> confined::Result<T> {
     match create() {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            remove_tree(path)?;
+            tree.remove_tree(rel)?;
             create()
         }
         other => other,
     }
 }
 
-/// A staging directory at `path` (0700), replacing a file or link from an
+/// A staging directory at `rel` (0700), replacing a file or link from an
 /// earlier tree; an existing directory is kept.
-fn make_dir(path: &Path) -> std::io::Result<()> {
-    let create = || std::fs::DirBuilder::new().mode(0o700).create(path);
-    match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if path.symlink_metadata()?.is_dir() {
-                return Ok(());
+fn make_dir(tree: &Dir, rel: &Path) -> confined::Result<()> {
+    match tree.create_dir(rel, 0o700) {
+        Ok(_) => Ok(()),
+        Err(e) => match tree.stat_if_any(rel)? {
+            Some(meta) if meta.kind != Kind::Dir => {
+                tree.remove_file(rel)?;
+                tree.create_dir(rel, 0o700).map(|_| ())
             }
-            std::fs::remove_file(path)?;
-            create()
-        }
-        other => other,
+            _ => Err(e),
+        },
     }
 }
 
@@ -694,7 +908,7 @@ fn walk_dir(
             let target = std::fs::read_link(&full).map_err(read(&full))?;
             visit(Entry::Symlink {
                 path: rel,
-                target: target.as_os_str().as_bytes(),
+                target: Blob::from_disk(Ok(target.as_os_str().as_bytes())),
             })
             .map(|_| ())
         } else if kind.is_dir() {
@@ -736,10 +950,13 @@ fn walk_dir(
     Ok(())
 }
 
-fn count(files: &BTreeMap<String, FileKind>, limits: Limits, _path: &str) -> Result<(), String> {
-    if files.len() >= limits.max_files {
+/// Files, links and directories all count: a tree of empty directories
+/// costs as much to walk, write and compare as one of files.
+fn count(entries: usize, limits: Limits) -> Result<(), String> {
+    if entries >= limits.max_files {
         return Err(format!(
-            "commit has more than {} files (GITRELOAD_MAX_FILES)",
+            "commit has more than {} entries, files, links and directories together \
+             (GITRELOAD_MAX_FILES)",
             limits.max_files
         ));
     }
@@ -771,8 +988,127 @@ pub fn checked_path(path: &[u8]) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// A symlink at `path` pointing to `target` must resolve inside the tree:
-/// relative, and never climbing above the deployed root.
+/// What a deployed path is, to resolve links through the whole tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node<'t> {
+    Dir,
+    File,
+    Link(&'t str),
+}
+
+/// Judges every link against the tree as it will be on disk after the
+/// deploy (`files` and `dirs` as staged), not one link at a time. Each
+/// link's target is resolved from the link's directory, component by
+/// component, through the tree's own directories: it is rejected, naming
+/// the link, when it climbs above the deployed root, or when any component
+/// but the last is not a directory of this tree (another link, a file, or
+/// something the commit does not hold: the kernel would follow a link, or
+/// whatever someone else put on the volume). The last component may be
+/// anything (a link there is judged as a link of its own, so a chain of
+/// links stays inside; a dangling link stays dangling). Also rejected: a
+/// path below a file or a link of the same tree (a crafted tree can hold
+/// both `d -> sub` and `d/x`).
+pub fn check_links(
+    files: &BTreeMap<String, FileKind>,
+    dirs: &BTreeSet<String>,
+) -> Result<(), (String, String)> {
+    let mut nodes: BTreeMap<&str, Node<'_>> = BTreeMap::new();
+    for dir in dirs {
+        nodes.insert(dir, Node::Dir);
+    }
+    for (path, kind) in files {
+        let node = match kind {
+            FileKind::File { .. } => Node::File,
+            FileKind::Symlink { target } => Node::Link(target),
+        };
+        if nodes.insert(path, node).is_some() {
+            return Err((
+                path.clone(),
+                "is both a directory and a file or link".into(),
+            ));
+        }
+    }
+    for path in nodes.keys() {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            end += slash;
+            let above = &path[..end];
+            match nodes.get(above) {
+                Some(Node::Dir) => {}
+                Some(Node::File) => {
+                    return Err((
+                        above.to_string(),
+                        format!("is a file and {path} is below it"),
+                    ))
+                }
+                Some(Node::Link(_)) => {
+                    return Err((
+                        above.to_string(),
+                        format!("is a symlink and {path} is below it"),
+                    ))
+                }
+                None => return Err((path.to_string(), format!("{above} is not in the tree"))),
+            }
+            end += 1;
+        }
+    }
+    for (path, node) in &nodes {
+        let Node::Link(target) = node else { continue };
+        resolve_link(path, target, &nodes).map_err(|why| (path.to_string(), why))?;
+    }
+    Ok(())
+}
+
+/// Resolves one link's target through `nodes` (see [`check_links`]).
+fn resolve_link(path: &str, target: &str, nodes: &BTreeMap<&str, Node<'_>>) -> Result<(), String> {
+    check_link(path, target)?;
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let steps: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, step) in steps.iter().enumerate() {
+        if *step == ".." {
+            if at.pop().is_none() {
+                return Err(format!(
+                    "symlink points outside the deployed tree (to {target})"
+                ));
+            }
+            continue;
+        }
+        at.push(step);
+        if i + 1 == steps.len() {
+            break;
+        }
+        let through = at.join("/");
+        match nodes.get(through.as_str()) {
+            Some(Node::Dir) => {}
+            Some(Node::Link(_)) => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, a symlink; point at \
+                     the directory itself"
+                ))
+            }
+            Some(Node::File) => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, a file"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "symlink target {target} goes through {through}, which is not a \
+                     directory of this tree"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A symlink at `path` pointing to `target` must be relative, not empty,
+/// and never climb above the deployed root as written. This looks at one
+/// link alone; [`check_links`] judges it against the whole tree.
 pub fn check_link(path: &str, target: &str) -> Result<(), String> {
     if target.starts_with('/') {
         return Err(format!(
@@ -782,19 +1118,12 @@ pub fn check_link(path: &str, target: &str) -> Result<(), String> {
     if target.is_empty() || target.contains('\0') {
         return Err("symlink has an empty or invalid target".into());
     }
-    // `..` is allowed only as leading components: after a name, the name
-    // might itself be a link (`d -> .`), and `d/..` would then climb out
-    // physically while staying inside lexically.
+    // Lexically only: whether a name before a `..` is a real directory
+    // (and not a link, `d -> .`) is for [`check_links`] to say.
     let mut depth: i64 = path.split('/').count() as i64 - 1;
-    let mut seen_name = false;
     for component in target.split('/') {
         match component {
             "" | "." => {}
-            ".." if seen_name => {
-                return Err(format!(
-                    "symlink target {target} climbs with .. after a name; write it without"
-                ));
-            }
             ".." => {
                 depth -= 1;
                 if depth < 0 {
@@ -803,7 +1132,7 @@ pub fn check_link(path: &str, target: &str) -> Result<(), String> {
                     ));
                 }
             }
-            _ => seen_name = true,
+            _ => depth += 1,
         }
     }
     Ok(())
@@ -822,6 +1151,123 @@ mod tests {
         assert!(check_link("dir/a", "x/../../../etc").is_err());
     }
 
+    /// A tree as staged: `"path"` a file, `"path/"` a directory,
+    /// `"path -> target"` a link.
+    fn tree(entries: &[&str]) -> (BTreeMap<String, FileKind>, BTreeSet<String>) {
+        let mut files = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
+        for entry in entries {
+            if let Some((path, target)) = entry.split_once(" -> ") {
+                files.insert(
+                    path.to_string(),
+                    FileKind::Symlink {
+                        target: target.to_string(),
+                    },
+                );
+            } else if let Some(dir) = entry.strip_suffix('/') {
+                dirs.insert(dir.to_string());
+            } else {
+                files.insert(
+                    entry.to_string(),
+                    FileKind::File {
+                        sha256: String::new(),
+                        executable: false,
+                        secret: false,
+                    },
+                );
+            }
+        }
+        (files, dirs)
+    }
+
+    fn judged(entries: &[&str]) -> Result<(), String> {
+        let (files, dirs) = tree(entries);
+        check_links(&files, &dirs).map_err(|(path, why)| format!("{path}: {why}"))
+    }
+
+    #[test]
+    fn links_are_judged_against_the_whole_tree() {
+        // Inside, through real directories, chains and dangling ends.
+        assert_eq!(judged(&["a -> b", "b -> c", "c"]), Ok(()));
+        assert_eq!(
+            judged(&["sub/", "sub/x", "sub/up -> ..", "y -> sub/x"]),
+            Ok(())
+        );
+        assert_eq!(
+            judged(&["sub/", "sub/deeper/", "l -> sub/deeper/../x"]),
+            Ok(())
+        );
+        assert_eq!(judged(&["dangling -> nothing"]), Ok(()));
+        // `a -> b`, `b -> ..`: b leaves, and is named.
+        let err = judged(&["a -> b", "b -> .."]).unwrap_err();
+        assert!(err.starts_with("b: "), "{err}");
+        // Through another link, even one that stays inside.
+        let err = judged(&["sub/", "sub/up -> ..", "a -> sub/up/x"]).unwrap_err();
+        assert!(
+            err.starts_with("a: ") && err.contains("sub/up, a symlink"),
+            "{err}"
+        );
+        let err = judged(&["d -> .", "e -> d/../.."]).unwrap_err();
+        assert!(err.starts_with("e: "), "{err}");
+        // Through a file, or through something the commit does not hold.
+        let err = judged(&["f", "a -> f/x"]).unwrap_err();
+        assert!(err.contains("f, a file"), "{err}");
+        let err = judged(&["a -> foreign/etc/passwd"]).unwrap_err();
+        assert!(err.starts_with("a: ") && err.contains("foreign"), "{err}");
+        let err = judged(&["a -> .git/config"]).unwrap_err();
+        assert!(err.starts_with("a: "), "{err}");
+        // Out by climbing.
+        let err = judged(&["sub/", "sub/a -> ../../etc"]).unwrap_err();
+        assert!(err.starts_with("sub/a: "), "{err}");
+    }
+
+    #[test]
+    fn a_path_below_a_link_or_a_file_is_rejected_naming_it() {
+        // `d -> sub` and `d/x` in one crafted tree.
+        let err = judged(&["sub/", "d -> sub", "d/x"]).unwrap_err();
+        assert!(err.starts_with("d: is a symlink and d/x"), "{err}");
+        let err = judged(&["f", "f/x"]).unwrap_err();
+        assert!(err.starts_with("f: is a file"), "{err}");
+        // A name that is both a directory and a link.
+        let (mut files, dirs) = tree(&["d/", "d/x"]);
+        files.insert("d".into(), FileKind::Symlink { target: "x".into() });
+        let err = check_links(&files, &dirs).unwrap_err();
+        assert_eq!(err.0, "d");
+    }
+
+    #[test]
+    fn a_name_the_filesystem_refuses_is_a_rejection() {
+        let failed = |code| confined::Error::Io {
+            op: "creating",
+            root: std::sync::Arc::from(Path::new("/state/staging/tree")),
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        for code in [libc::ENAMETOOLONG, libc::EILSEQ] {
+            let err = written("x")(failed(code));
+            assert!(
+                matches!(&err, MaterializeError::Rejected { path, .. } if path == "x"),
+                "{err}"
+            );
+        }
+        let err = written("x")(failed(libc::ENOSPC));
+        assert!(matches!(err, MaterializeError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn secret_hashes_are_keyed_and_plain_ones_are_sha256() {
+        let key = ContentKey::random().unwrap();
+        let plain = hex::encode(Sha256::digest(b"hunter2"));
+        assert_eq!(ContentHasher::of(b"hunter2", false, &key), plain);
+        let keyed = ContentHasher::of(b"hunter2", true, &key);
+        assert_ne!(keyed, plain);
+        assert_eq!(keyed, ContentHasher::of(b"hunter2", true, &key));
+        assert_ne!(
+            keyed,
+            ContentHasher::of(b"hunter2", true, &ContentKey::random().unwrap())
+        );
+    }
+
     fn rules() -> Rules {
         Rules {
             limits: Limits {
@@ -829,6 +1275,7 @@ mod tests {
                 max_file_size: 1 << 20,
             },
             secrets: Secrets::none(secrets::Mode::Deploy, 1 << 20),
+            content_key: ContentKey::random().unwrap(),
         }
     }
 

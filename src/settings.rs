@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -1027,6 +1027,31 @@ fn credentials(
     })
 }
 
+/// `path` as the kernel resolves it, component by component: each prefix
+/// that exists is canonicalized (symlinks followed), so a `..` after it
+/// climbs from where the link really leads; the part that does not exist
+/// yet (and so holds no link) is taken as written.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => {
+                out.push(name);
+                if let Ok(real) = out.canonicalize() {
+                    out = real;
+                }
+            }
+            // `out` holds no link: its parent is the physical one.
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     let mut deprecations = Vec::new();
     let mut legacy_fallback =
@@ -1067,7 +1092,7 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     }
     let credentials = credentials(&raw, &repo, allow_insecure_http)?;
 
-    let dest_v = Var::named(dest_var, &dest_value);
+    let dest_v = Var::named(dest_var.clone(), &dest_value);
     let dest = PathBuf::from(
         dest_v.required("expected the directory to keep in step with the repository")?,
     );
@@ -1096,10 +1121,15 @@ fn build(raw: Raw, legacy: Legacy) -> Result<Settings, SettingsError> {
     if !state_dir.is_absolute() {
         return Err(state_v.invalid("expected an absolute path"));
     }
-    if state_dir.starts_with(&dest) || dest.starts_with(&state_dir) {
+    // Compared as the kernel will resolve them: a symlinked or `..`-laden
+    // DEST can name the state directory (or a directory around it) while
+    // its text does not start with it.
+    let (real_dest, real_state) = (resolved(&dest), resolved(&state_dir));
+    if real_state.starts_with(&real_dest) || real_dest.starts_with(&real_state) {
         return Err(state_v.invalid(format!(
-            "the state directory must not be inside {}, nor contain it",
-            dest.display()
+            "the state directory ({}) must not be {dest_var}'s directory ({}), inside it, nor contain it",
+            real_state.display(),
+            real_dest.display(),
         )));
     }
 
@@ -1298,6 +1328,54 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// A DEST that reaches the state directory through a symlink or `..`
+    /// would let a commit overwrite the mirror's git config.
+    #[test]
+    fn dest_reaching_the_state_dir_through_a_link_or_dotdot_is_refused() {
+        let root = tempfile::TempDir::new().unwrap();
+        let state = root.path().join("state");
+        std::fs::create_dir_all(state.join("mirror")).unwrap();
+        std::os::unix::fs::symlink(&state, root.path().join("link")).unwrap();
+        std::fs::create_dir_all(root.path().join("other")).unwrap();
+        let state_text = state.to_str().unwrap();
+        let link = root.path().join("link");
+        let cases = [
+            // The state dir itself, through a link.
+            link.display().to_string(),
+            // Inside it, through a link.
+            link.join("mirror").display().to_string(),
+            // Inside it, spelled with `..`.
+            root.path()
+                .join("other/../state/mirror")
+                .display()
+                .to_string(),
+            // Containing it, spelled with `..` through the link.
+            link.join("..").display().to_string(),
+            // Inside it, through a link, below a part that does not exist.
+            link.join("new/deeper").display().to_string(),
+        ];
+        for dest in cases {
+            let err = Settings::from_vars(vars(&[
+                ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+                ("GITRELOAD_DEST", &dest),
+                ("GITRELOAD_STATE_DIR", state_text),
+            ]))
+            .expect_err(&dest)
+            .to_string();
+            assert!(
+                err.contains("GITRELOAD_STATE_DIR") && err.contains("GITRELOAD_DEST"),
+                "{dest}: {err}"
+            );
+        }
+        let fine = root.path().join("other/../dest").display().to_string();
+        let ok = Settings::from_vars(vars(&[
+            ("GITRELOAD_REPO", "https://example.test/cfg.git"),
+            ("GITRELOAD_DEST", &fine),
+            ("GITRELOAD_STATE_DIR", state_text),
+        ]));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

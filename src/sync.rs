@@ -10,7 +10,10 @@
 //! Promises:
 //! - The destination only ever receives a commit that passed the checker;
 //!   every failure leaves the last good config live.
-//! - A rejected commit is not retried until upstream moves.
+//! - A rejected commit is not retried until upstream moves, even across a
+//!   restart: the rejection is kept in the state dir (`rejected.json`),
+//!   and a commit the process died on twice while staging or checking it
+//!   (out of memory, say) is rejected at the next start (`attempt.json`).
 //! - A shutdown request is honoured between stages; a deploy in flight is
 //!   always finished.
 //! - Failures are retried with exponential backoff capped at the interval.
@@ -30,7 +33,8 @@ use crate::materialize::{self, MaterializeError, Rules, Staged, Staging};
 use crate::metrics::{Metrics, Stage, SyncResult};
 use crate::reload::{Refusal, Reloader};
 use crate::secrets::Mode;
-use crate::settings::{DriftMode, Settings};
+use crate::settings::{DriftMode, Settings, StagingSettings};
+use crate::state::{self, ContentKey};
 
 /// What the HTTP server reports about the loop.
 #[derive(Debug)]
@@ -160,6 +164,11 @@ pub struct Pipeline {
     full_verify: bool,
     /// The newest upstream commit, when it was rejected.
     rejected: Option<CommitId>,
+    /// Where the rejection and the commit being staged are kept.
+    rejection_file: PathBuf,
+    attempt_file: PathBuf,
+    /// Keys the hashes of secret files, and the settings' fingerprint.
+    content_key: ContentKey,
     /// Drift last reported (with `GITRELOAD_DRIFT=report`), to say it once.
     reported_drift: Vec<String>,
     /// Materialize the live commit again at the next sync even if it did
@@ -184,12 +193,14 @@ impl Pipeline {
         health: Arc<Health>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Pipeline, String> {
-        std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+        state::create_private_dir(&settings.state_dir).map_err(|e| {
             format!(
                 "cannot create state directory {}: {e}",
                 settings.state_dir.display()
             )
         })?;
+        let content_key =
+            ContentKey::load_or_create(&settings.state_dir).map_err(|e| e.to_string())?;
         let mirror = Mirror::new(
             &settings.state_dir,
             settings.repo.clone(),
@@ -206,8 +217,8 @@ impl Pipeline {
         }
         // A staging directory left by a crash may hold decrypted secrets.
         let staging_root = settings.state_dir.join("staging");
-        if staging_root.exists() {
-            std::fs::remove_dir_all(&staging_root).map_err(|e| {
+        if staging_root.symlink_metadata().is_ok() {
+            materialize::remove_staging(&staging_root).map_err(|e| {
                 format!(
                     "cannot remove the old staging directory {}: {e}",
                     staging_root.display()
@@ -236,7 +247,18 @@ impl Pipeline {
                 .values()
                 .any(|f| matches!(f.kind, materialize::FileKind::File { secret: true, .. }))
         });
-        let rules = Arc::new(Rules::from_settings(&settings.staging, Mode::Deploy));
+        let rules = Arc::new(Rules::from_settings(
+            &settings.staging,
+            Mode::Deploy,
+            content_key,
+        ));
+        let rejection_file = settings.state_dir.join("rejected.json");
+        let attempt_file = settings.state_dir.join("attempt.json");
+        let fingerprint = rules_fingerprint(&settings.staging, &content_key);
+        let rejected = remembered_rejection(&rejection_file, &attempt_file, &fingerprint);
+        if let Some(r) = &rejected {
+            metrics.set_rejected(Some(r.as_str()));
+        }
         let checker = Checker::from_settings(&settings.staging);
         Ok(Pipeline {
             staging: Some(Staging::new(&staging_root)),
@@ -249,7 +271,10 @@ impl Pipeline {
             deployed,
             extra_managed,
             full_verify,
-            rejected: None,
+            rejected,
+            rejection_file,
+            attempt_file,
+            content_key,
             reported_drift: Vec::new(),
             metrics,
             reloader,
@@ -264,6 +289,7 @@ impl Pipeline {
             file_mode: self.settings.file_mode,
             secret_file_mode: self.settings.secret_file_mode,
             owner: self.settings.file_owner,
+            content_key: self.content_key,
         }
     }
 
@@ -323,8 +349,7 @@ impl Pipeline {
             return self.deploy_fetched(&fetched).await;
         }
         if live.as_ref() == Some(&fetched.commit) {
-            self.rejected = None;
-            self.metrics.set_rejected(None);
+            self.clear_rejection();
             let verify = if self.full_verify {
                 Verify::Hash
             } else {
@@ -340,6 +365,12 @@ impl Pipeline {
         }
         if self.rejected.as_ref() == Some(&fetched.commit) {
             tracing::debug!(commit = %fetched.commit.short(), "newest commit is still the rejected one");
+            // A run with --once (cron) that met a commit an earlier run
+            // rejected fails like the run that rejected it.
+            if self.settings.once {
+                tracing::error!(commit = %fetched.commit.short(), "newest commit was rejected by an earlier run; waiting for upstream to move");
+                return Outcome::CheckFailed;
+            }
             return Outcome::Unchanged;
         }
         self.deploy_fetched(&fetched).await
@@ -477,7 +508,10 @@ impl Pipeline {
                         tracing::warn!(error = %e, "cannot record the rollback");
                     }
                 }
-                self.reject(&manifest.commit);
+                self.reject(
+                    &manifest.commit,
+                    Some(format!("every target refused it ({})", refusal.target)),
+                );
                 tracing::error!(
                     target: "gitreload::reload",
                     commit = %manifest.commit.short(),
@@ -535,7 +569,15 @@ impl Pipeline {
         let wanted = self.settings.reference.clone();
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
-        let job = tokio::task::spawn_blocking(move || mirror.fetch(wanted.as_deref(), &flag));
+        let state_dir = self.settings.state_dir.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let fetched = mirror.fetch(wanted.as_deref(), &flag);
+            // gix and ssh create files with the process umask.
+            if let Err(e) = state::make_private(&state_dir, &["staging"]) {
+                tracing::warn!(path = %state_dir.display(), error = %e, "cannot narrow the state directory's modes");
+            }
+            fetched
+        });
         let result = match tokio::time::timeout(self.settings.fetch_timeout, job).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(GitError::Fetch {
@@ -567,20 +609,21 @@ impl Pipeline {
         resolved_ref: &str,
         why: Why,
     ) -> Result<deploy::Report, Outcome> {
-        let staged = match self.materialize(commit).await {
+        if why == Why::Upstream {
+            self.attempt_begins(commit);
+        }
+        let staged = self.materialize(commit).await;
+        if staged.is_err() {
+            self.attempt_over();
+        }
+        let staged = match staged {
             Ok(s) => s,
             Err(MaterializeError::Rejected { path, reason }) => {
-                tracing::error!(
-                    target: "gitreload::materialize",
-                    commit = %commit.short(),
-                    path = %path,
-                    reason = %reason,
-                    why = why.as_str(),
-                    "commit rejected"
-                );
-                if why == Why::Upstream {
-                    self.reject(commit);
-                }
+                self.rejected_by_rules(commit, &path, &reason, true, why);
+                return Err(Outcome::CheckFailed);
+            }
+            Err(MaterializeError::Unresolved { path, reason }) => {
+                self.rejected_by_rules(commit, &path, &reason, false, why);
                 return Err(Outcome::CheckFailed);
             }
             Err(MaterializeError::Git(e)) => {
@@ -661,9 +704,73 @@ impl Pipeline {
         result
     }
 
-    fn reject(&mut self, commit: &CommitId) {
+    /// A path rule (or, not `kept`, a secret) rejected `commit`.
+    fn rejected_by_rules(
+        &mut self,
+        commit: &CommitId,
+        path: &str,
+        reason: &str,
+        kept: bool,
+        why: Why,
+    ) {
+        tracing::error!(
+            target: "gitreload::materialize",
+            commit = %commit.short(),
+            path = %path,
+            reason = %reason,
+            why = why.as_str(),
+            "commit rejected"
+        );
+        if why == Why::Upstream {
+            self.reject(commit, kept.then(|| format!("{path}: {reason}")));
+        }
+    }
+
+    /// Rejects `commit` until upstream moves; with a reason, the rejection
+    /// is kept in the state dir and survives a restart.
+    fn reject(&mut self, commit: &CommitId, reason: Option<String>) {
         self.rejected = Some(commit.clone());
         self.metrics.set_rejected(Some(commit.as_str()));
+        let Some(reason) = reason else { return };
+        let record = Rejection {
+            commit: commit.clone(),
+            reason,
+            rules: rules_fingerprint(&self.settings.staging, &self.content_key),
+        };
+        if let Err(e) = state::write(&self.rejection_file, &record) {
+            tracing::warn!(error = %e, "cannot keep the rejection; a restart will try the commit again");
+        }
+    }
+
+    fn clear_rejection(&mut self) {
+        if self.rejected.take().is_some() {
+            self.metrics.set_rejected(None);
+        }
+        if let Err(e) = state::remove(&self.rejection_file) {
+            tracing::warn!(error = %e, "cannot remove the old rejection");
+        }
+    }
+
+    /// Marks `commit` as being staged and checked until [`Self::attempt_over`]:
+    /// a process that dies meanwhile leaves the mark for the next start.
+    fn attempt_begins(&self, commit: &CommitId) {
+        let deaths = match state::read::<Attempt>(&self.attempt_file) {
+            Ok(Some(a)) if a.commit == *commit => a.deaths,
+            _ => 0,
+        };
+        let record = Attempt {
+            commit: commit.clone(),
+            deaths,
+        };
+        if let Err(e) = state::write(&self.attempt_file, &record) {
+            tracing::warn!(error = %e, "cannot mark the commit being staged");
+        }
+    }
+
+    fn attempt_over(&self) {
+        if let Err(e) = state::remove(&self.attempt_file) {
+            tracing::warn!(error = %e, "cannot clear the mark of the commit staged");
+        }
     }
 
     async fn check_and_deploy(
@@ -710,14 +817,24 @@ impl Pipeline {
                     );
                     // A repair or rollback that fails its check leaves the
                     // live commit as it is; only a new upstream commit is
-                    // remembered as rejected.
+                    // remembered as rejected. A checker that cannot start
+                    // says nothing of the commit: remembered by this
+                    // process only.
                     if why == Why::Upstream {
-                        self.reject(commit);
+                        let reason = match &e {
+                            CheckError::Spawn { .. } => None,
+                            _ => Some(format!("{}: {status}", checker.describe())),
+                        };
+                        self.reject(commit, reason);
                     }
+                    self.attempt_over();
                     return Err(Outcome::CheckFailed);
                 }
             }
         }
+        // What could exhaust memory (reading the tree, the checker) is
+        // over; a death from here on is a cut-off deploy (the journal).
+        self.attempt_over();
         if self.interrupted() {
             return Err(Outcome::Interrupted);
         }
@@ -766,8 +883,7 @@ impl Pipeline {
         self.deployed = Some(Arc::new(manifest));
         self.extra_managed.clear();
         self.full_verify = false;
-        self.rejected = None;
-        self.metrics.set_rejected(None);
+        self.clear_rejection();
         self.metrics.deployed(
             commit.as_str(),
             resolved_ref,
@@ -834,6 +950,118 @@ impl Pipeline {
             next_sync = tokio::time::Instant::now() + delay;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// A rejected commit as kept in the state dir (`rejected.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Rejection {
+    commit: CommitId,
+    /// Why, without secrets: the path and rule, or the checker and status.
+    reason: String,
+    /// [`rules_fingerprint`] of the settings that judged it.
+    rules: String,
+}
+
+/// The commit being staged and checked (`attempt.json`), and how many
+/// processes died while doing so.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Attempt {
+    commit: CommitId,
+    deaths: u32,
+}
+
+/// A process that died this many times while staging and checking one
+/// commit rejects it at the next start. One death may be an unrelated
+/// `kill -9` or node failure; two in a row on the same commit are the
+/// commit's doing (a tree or blob that exhausts memory, a checker that
+/// does).
+const DEATHS_BEFORE_REJECTION: u32 = 2;
+
+/// What judged a commit: when an operator changes it (raises a limit,
+/// changes the checker), a kept rejection no longer holds. Keyed, as the
+/// checker command may hold a secret.
+fn rules_fingerprint(staging: &StagingSettings, key: &ContentKey) -> String {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{}|{}|{:?}|{}",
+        staging.subdir,
+        staging.check,
+        staging.check_timeout,
+        staging.max_files,
+        staging.max_file_size,
+        staging
+            .expand
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+        staging.age_identity.is_some(),
+    );
+    materialize::ContentHasher::of(text.as_bytes(), true, key)
+}
+
+/// At start: the rejected commit kept by an earlier process (while the
+/// settings that judged it are unchanged), or the commit earlier processes
+/// died on while staging it, now rejected.
+fn remembered_rejection(
+    rejection_file: &std::path::Path,
+    attempt_file: &std::path::Path,
+    fingerprint: &str,
+) -> Option<CommitId> {
+    if let Ok(Some(attempt)) = state::read::<Attempt>(attempt_file) {
+        let deaths = attempt.deaths + 1;
+        if deaths >= DEATHS_BEFORE_REJECTION {
+            let reason = format!(
+                "gitreload stopped {deaths} times while staging or checking it (out of memory?)"
+            );
+            tracing::error!(
+                target: "gitreload::materialize",
+                commit = %attempt.commit.short(),
+                reason = %reason,
+                "commit rejected"
+            );
+            let record = Rejection {
+                commit: attempt.commit.clone(),
+                reason,
+                rules: fingerprint.to_string(),
+            };
+            if let Err(e) = state::write(rejection_file, &record) {
+                tracing::warn!(error = %e, "cannot keep the rejection");
+            }
+            let _ = state::remove(attempt_file);
+        } else {
+            tracing::warn!(
+                commit = %attempt.commit.short(),
+                deaths = deaths as u64,
+                "the previous process stopped while staging or checking this commit"
+            );
+            let record = Attempt {
+                commit: attempt.commit,
+                deaths,
+            };
+            if let Err(e) = state::write(attempt_file, &record) {
+                tracing::warn!(error = %e, "cannot count the stop");
+            }
+        }
+    }
+    match state::read::<Rejection>(rejection_file) {
+        Ok(Some(r)) if r.rules == fingerprint => {
+            tracing::info!(
+                commit = %r.commit.short(),
+                reason = %r.reason,
+                "commit rejected by an earlier process; waiting for upstream to move"
+            );
+            Some(r.commit)
+        }
+        Ok(Some(_)) => {
+            tracing::info!("settings changed since a commit was rejected; it will be tried again");
+            let _ = state::remove(rejection_file);
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "rejection record ignored");
+            None
+        }
     }
 }
 

@@ -52,7 +52,10 @@ pub async fn validate(settings: &StagingSettings, dir: &Path) -> Result<Report, 
         };
         return Err(format!("{} is not a directory{hint}", source.display()));
     }
-    let rules = Rules::from_settings(settings, Mode::Validate);
+    // Nothing is kept: any key names the content for this run.
+    let key = crate::state::ContentKey::random()
+        .map_err(|e| format!("reading the kernel's random source: {e}"))?;
+    let rules = Rules::from_settings(settings, Mode::Validate, key);
     let checker = Checker::from_settings(settings);
     let staging = staging_dir();
     let staged = {
@@ -63,7 +66,10 @@ pub async fn validate(settings: &StagingSettings, dir: &Path) -> Result<Report, 
     };
     let checkout = match staged {
         Ok(c) => c,
-        Err(MaterializeError::Rejected { path, reason }) => {
+        Err(
+            MaterializeError::Rejected { path, reason }
+            | MaterializeError::Unresolved { path, reason },
+        ) => {
             return Ok(Report {
                 warnings: Vec::new(),
                 files: 0,

@@ -359,12 +359,13 @@ fn too_many_files_reject_the_commit() {
         s.upstream.write(&format!("many/{i}.yml"), "x\n");
     }
     s.upstream.commit_and_push("many");
-    // Tree order: many/0..3 are the first four files; many/4 is one too many.
+    // Tree order, directories count: `many` and many/0..2 are the first
+    // four entries; many/3 is one too many.
     assert_rejected(
         &s,
         &[("GITRELOAD_MAX_FILES", "4")],
-        "many/4.yml",
-        "more than 4 files",
+        "many/3.yml",
+        "more than 4 entries",
     );
 }
 
@@ -450,7 +451,7 @@ fn symlink_climbing_out_through_a_directory_link_is_rejected() {
     s.upstream.symlink("here", ".");
     s.upstream.symlink("escape.yml", "here/../../etc/passwd");
     s.upstream.commit_and_push("escape through a link");
-    assert_rejected(&s, &[], "escape.yml", "climbs with ..");
+    assert_rejected(&s, &[], "escape.yml", "outside the deployed tree");
 }
 
 #[test]

@@ -120,6 +120,7 @@ impl Volume {
             file_mode: 0o644,
             secret_file_mode: 0o600,
             owner: None,
+            content_key: gitreload::state::ContentKey::from_bytes([7; 32]),
         }
     }
 
