@@ -64,10 +64,7 @@ fn staged(staging: &Path) -> Staged {
 fn deploy_with_loaded_records(w: &World) {
     let records = Records::in_dir(&w.state);
     let manifest = records.load_manifest();
-    let extra: BTreeSet<String> = records
-        .load_journal()
-        .map(|j| j.paths)
-        .unwrap_or_default();
+    let extra: BTreeSet<String> = records.load_journal().map(|j| j.paths).unwrap_or_default();
     let options = Options {
         file_mode: 0o644,
         secret_file_mode: 0o600,
@@ -112,7 +109,10 @@ fn a_manifest_naming_a_file_outside_the_destination_cannot_delete_it() {
     .unwrap();
     assert!(Records::in_dir(&w.state).load_manifest().is_none());
     deploy_with_loaded_records(&w);
-    assert!(w.victim.exists(), "the deploy deleted a file outside the destination");
+    assert!(
+        w.victim.exists(),
+        "the deploy deleted a file outside the destination"
+    );
 }
 
 #[test]
@@ -123,7 +123,10 @@ fn a_journal_naming_a_file_outside_the_destination_cannot_delete_it() {
     let loaded = Records::in_dir(&w.state).load_journal().unwrap();
     assert!(loaded.paths.is_empty(), "{:?}", loaded.paths);
     deploy_with_loaded_records(&w);
-    assert!(w.victim.exists(), "the deploy deleted a file outside the destination");
+    assert!(
+        w.victim.exists(),
+        "the deploy deleted a file outside the destination"
+    );
 }
 
 #[test]
