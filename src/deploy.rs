@@ -14,7 +14,9 @@
 //! - The work is proportional to what changed, plus one `lstat` per managed
 //!   file (spread over the cores) and the manifest.
 //! - Files in the destination that gitreload did not put there are never
-//!   touched. The manifest in the state directory records what it manages.
+//!   touched. The manifest in the state directory records what it manages;
+//!   a manifest or journal naming a path the path rules refuse is never
+//!   acted on ([`Records`]).
 //! - A deploy that fails midway (disk full, read-only volume) is rolled
 //!   back: renamed files are put back from hard-linked backups, new files
 //!   removed, temp files deleted; the destination is again the last good

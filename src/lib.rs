@@ -50,7 +50,10 @@
 //!   never talks to the network. [`credentials`] never uses gix: it turns
 //!   settings into git config strings and secrets read just now.
 //! - The state dir is never inside the destination; the mirror never stores
-//!   the repository URL (it may carry credentials).
+//!   the repository URL (it may carry credentials). A manifest or journal
+//!   read back is acted on only if its commit is a commit id and every path
+//!   in it passes the path rules ([`materialize::checked_path`], not
+//!   hidden); otherwise it is set aside.
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
 //!   substituted content exists only in the staging dir (0700; secret files

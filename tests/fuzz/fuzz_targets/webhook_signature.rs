@@ -118,7 +118,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
