@@ -22,7 +22,9 @@
 //! - The work is proportional to what changed, plus one `lstat` per managed
 //!   file (spread over the cores) and the manifest.
 //! - Files in the destination that gitreload did not put there are never
-//!   touched. The manifest in the state directory records what it manages.
+//!   touched. The manifest in the state directory records what it manages;
+//!   a manifest or journal naming a path the path rules refuse is never
+//!   acted on ([`Records`]).
 //! - A deploy that fails midway (disk full, read-only volume, a foreign
 //!   link in the way) is rolled back: renamed files are put back from
 //!   hard-linked backups, new files and directories removed, temp files
@@ -212,10 +214,20 @@ impl Records {
         }
     }
 
-    /// The last manifest, or `None` when there is none (or it is unreadable,
-    /// which is logged and then treated as none: the destination is rehashed).
+    /// The last manifest, or `None` when there is none (or it is unreadable
+    /// or damaged, which is logged and then treated as none: the
+    /// destination is rehashed). A manifest is damaged when its commit is
+    /// not a commit id or a path breaks the path rules: acting on such a
+    /// path could delete outside the destination.
     pub fn load_manifest(&self) -> Option<Manifest> {
-        match state::read(&self.manifest) {
+        let damaged = |m: &Manifest| {
+            CommitId::parse(m.commit.as_str()).is_none() || !m.files.keys().all(|p| deployable(p))
+        };
+        match state::read::<Manifest>(&self.manifest) {
+            Ok(Some(m)) if damaged(&m) => {
+                tracing::warn!(path = %self.manifest.display(), "manifest ignored: damaged (a commit id or path that gitreload never writes)");
+                None
+            }
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "manifest ignored");
@@ -224,15 +236,33 @@ impl Records {
         }
     }
 
+    /// The journal of a deploy that was cut off, if any. An unreadable or
+    /// damaged one (a path that breaks the path rules) still means a deploy
+    /// was cut off, but none of its paths is trusted.
     pub fn load_journal(&self) -> Option<Journal> {
-        state::read(&self.journal).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "journal unreadable; treating the last deploy as cut off");
-            Some(Journal {
-                commit: CommitId::parse(&"0".repeat(40)).expect("zero id"),
-                paths: BTreeSet::new(),
-            })
-        })
+        let cut_off = || Journal {
+            commit: CommitId::parse(&"0".repeat(40)).expect("zero id"),
+            paths: BTreeSet::new(),
+        };
+        match state::read::<Journal>(&self.journal) {
+            Ok(Some(j)) if !j.paths.iter().all(|p| deployable(p)) => {
+                tracing::warn!(path = %self.journal.display(), "journal damaged (a path that gitreload never writes); treating the last deploy as cut off");
+                Some(cut_off())
+            }
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "journal unreadable; treating the last deploy as cut off");
+                Some(cut_off())
+            }
+        }
     }
+}
+
+/// True when `path` passes the rules every staged path passed: the only
+/// paths gitreload ever deploys, and so the only ones a record may name.
+fn deployable(path: &str) -> bool {
+    crate::materialize::checked_path(path.as_bytes()).is_ok()
+        && !crate::materialize::is_hidden(path)
 }
 
 /// One applied change, kept to undo it. Paths are relative to the

@@ -71,6 +71,9 @@
 //!   by the next process); one the process died on twice while staging or
 //!   checking it is rejected at the next start. Every entry, link blob and
 //!   directory is bounded before it is held.
+//! - A manifest or journal read back is acted on only if its commit is a
+//!   commit id and every path in it passes the path rules
+//!   ([`materialize::checked_path`], not hidden); otherwise it is set aside.
 //! - No secret reaches a log line, an error, a metric label or the state dir:
 //!   URLs pass through [`redact`] before they are shown. Decrypted and
 //!   substituted content exists only in the staging dir (0700; secret files
