@@ -592,7 +592,16 @@ fn kill9_at_random_points_during_50_deploys_always_leaves_a_whole_commit() {
         version(round);
         let journal = s.state().join("deploy.journal");
         let mut run = s.gitreload_file().spawn();
-        std::thread::sleep(Duration::from_millis(fastrand_ms(round)));
+        if round % 2 == 0 {
+            // Anywhere in the run's start, fetch and deploy.
+            std::thread::sleep(Duration::from_millis(fastrand_ms(round)));
+        } else {
+            // Inside the deploy, however slow the machine is to get there.
+            let deadline = Instant::now() + WAIT;
+            while !journal.exists() && run.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
         if journal.exists() {
             killed_mid_deploy += 1;
         }
