@@ -69,7 +69,7 @@ fn scenario() -> (Sidecar, RecordingChecker) {
     checker.set_secret("first");
     s.upstream.write(
         "app.yml",
-        &format!("value: ${{file:{}}}\n", checker.secret.display()),
+        format!("value: ${{file:{}}}\n", checker.secret.display()),
     );
     s.upstream.write("prometheus.yml", prometheus_yml("one"));
     s.upstream.commit_and_push("one");

@@ -383,17 +383,7 @@ fn commit_raw_name(s: &Sidecar, name: &[u8]) {
     entries.extend_from_slice(format!("100644 blob {blob}\t").as_bytes());
     entries.extend_from_slice(name);
     entries.push(b'\n');
-    let mut mktree = up.git_command();
-    mktree
-        .current_dir(up.work_path())
-        .args(["mktree"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = mktree.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&entries).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let tree = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let tree = up.mktree(&entries);
     let head = up.head();
     let commit = up
         .git(&["commit-tree", &tree, "-p", &head, "-m", "raw name"])

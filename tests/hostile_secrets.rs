@@ -8,10 +8,8 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::sidecar::{prometheus_yml, Sidecar};
@@ -388,24 +386,6 @@ fn keygen(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn encrypt(recipient: &str, plaintext: &str) -> Vec<u8> {
-    let mut child = clean_command("age")
-        .args(["-r", recipient])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(plaintext.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
-
 #[test]
 fn encrypted_config_rejected_by_the_checker_does_not_log_its_plaintext() {
     let s = Sidecar::new();
@@ -418,7 +398,7 @@ fn encrypted_config_rejected_by_the_checker_does_not_log_its_plaintext() {
     };
     s.upstream.write(
         "alertmanager.yml.age",
-        encrypt(&recipient, &am_yml(SMTP_PASSWORD, &good_slack_url())),
+        age_encrypt(&recipient, &am_yml(SMTP_PASSWORD, &good_slack_url()), false),
     );
     s.upstream.commit_and_push("good");
     let out = g().arg("--once").run_once(T);
@@ -445,8 +425,10 @@ fn encrypted_config_rejected_by_the_checker_does_not_log_its_plaintext() {
         ),
     ];
     for (plaintext, error) in broken {
-        s.upstream
-            .write("alertmanager.yml.age", encrypt(&recipient, &plaintext));
+        s.upstream.write(
+            "alertmanager.yml.age",
+            age_encrypt(&recipient, &plaintext, false),
+        );
         s.upstream.commit_and_push("broken");
         let out = g().arg("--once").run_once(T);
         let all = format!("{}\n{}", out.stdout, out.stderr);

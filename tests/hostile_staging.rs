@@ -7,7 +7,6 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -266,26 +265,7 @@ fn directories_count_against_max_files() {
 fn name_the_filesystem_refuses_rejects_the_commit() {
     let s = Sidecar::new();
     let up = &s.upstream;
-    let mktree = |line: String| -> String {
-        let mut child = up
-            .git_command()
-            .current_dir(up.work_path())
-            .args(["mktree"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(line.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let mktree = |line: String| -> String { up.mktree(line.as_bytes()) };
     let blob = {
         up.write("seed", "deep\n");
         up.git(&["hash-object", "-w", "seed"]).trim().to_string()

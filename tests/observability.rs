@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -41,20 +40,10 @@ fn scrape(base: &str) -> String {
 }
 
 fn promtool_check_metrics(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}\n{text}",

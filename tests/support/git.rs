@@ -123,6 +123,16 @@ impl Upstream {
         cmd
     }
 
+    /// `git mktree` in the work clone on raw `entries` (names may be any
+    /// bytes git accepts); returns the new tree's id.
+    pub fn mktree(&self, entries: &[u8]) -> String {
+        let mut cmd = self.git_command();
+        cmd.current_dir(&self.work).arg("mktree");
+        let out = super::output_with_stdin(&mut cmd, entries);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// Runs `git ARGS` in the work clone and returns trimmed stdout.
     pub fn git(&self, args: &[&str]) -> String {
         let mut cmd = self.git_command();

@@ -146,7 +146,7 @@ pub use ssh::Sshd;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -268,6 +268,31 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     );
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// Runs `cmd` with `input` on its standard input; returns its output
+/// (stdout and stderr captured).
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `age -r recipient [-a]` on `plaintext`.
+pub fn age_encrypt(recipient: &str, plaintext: &str, armor: bool) -> Vec<u8> {
+    let mut cmd = clean_command("age");
+    cmd.args(["-r", recipient]);
+    if armor {
+        cmd.arg("-a");
+    }
+    let out = output_with_stdin(&mut cmd, plaintext.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
 }
 
 /// The last `lines` lines of a log file (lossy UTF-8), for panic messages.
