@@ -11,10 +11,10 @@
 //!   deployed name of an accepted, visible path (an `.age` file without
 //!   its suffix) is itself accepted and visible.
 //! - A symlink `check_link` accepts is relative, non-empty, and, resolved
-//!   from its own directory, never goes above the deployed root (with `..`
-//!   only before any name, so no link inside the tree can turn a lexical
-//!   step into a physical escape). A link to a plain relative name is
-//!   always accepted.
+//!   from its own directory, never goes above the deployed root (lexically;
+//!   that each name on the way is a directory of the same commit, not a
+//!   link, is judged against the whole tree by `check_links`). A link to a
+//!   plain relative name is always accepted.
 #![no_main]
 
 use std::path::{Component, Path};
@@ -104,14 +104,9 @@ fuzz_target!(|data: &[u8]| {
                 lowest_depth(&path, target).is_some(),
                 "link {path:?} -> {target:?} resolves above the root"
             );
-            let mut seen_name = false;
-            for component in target.split('/') {
-                match component {
-                    "" | "." => {}
-                    ".." => assert!(!seen_name, "{target:?} climbs after a name"),
-                    _ => seen_name = true,
-                }
-            }
+            // A name followed by `..` is no longer refused here: whether
+            // the name is a directory of the commit is judged against the
+            // whole tree (`check_links`), not one link alone.
         }
         Err(reason) => {
             let plain_names = !target.is_empty()
