@@ -161,8 +161,10 @@ fuzz_target!(|data: &[u8]| {
             Piece::Env(s) | Piece::File(s) => s.as_bytes().to_vec(),
         })
         .collect();
-    let round = substitute(&escape(&plain), u64::MAX, |r| panic!("looked up {r} in escaped text"))
-        .expect("escaped text is always accepted");
+    let round = substitute(&escape(&plain), u64::MAX, |r| {
+        panic!("looked up {r} in escaped text")
+    })
+    .expect("escaped text is always accepted");
     assert_eq!(round.content, plain, "escaping does not round-trip");
     assert_eq!(round.substituted, 0);
 

@@ -14,13 +14,14 @@
 //!   whitespace, other methods and paths).
 #![no_main]
 
+mod oracle;
+use oracle::hmac_sha256;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sha2::{Digest, Sha256};
 
 struct Fixture {
     addr: SocketAddr,
@@ -65,25 +66,6 @@ fn fixture() -> &'static Fixture {
         ready_rx.recv().expect("server started");
         Fixture { addr, secret }
     })
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
 }
 
 /// Closes with a reset (SO_LINGER 0): thousands of connections a second

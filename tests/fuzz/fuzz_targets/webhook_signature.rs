@@ -11,8 +11,9 @@
 //!   proves the secret another way.
 #![no_main]
 
+mod oracle;
 use libfuzzer_sys::fuzz_target;
-use sha2::{Digest, Sha256};
+use oracle::hmac_sha256;
 
 /// The input, fields separated by 0xFF (so seeds and crashes read as
 /// text): `SECRET 0xFF BODY [0xFF SIGNATURE [0xFF TOKEN]]`. A missing field
@@ -92,26 +93,6 @@ impl<'a> Input<'a> {
             gitlab_token,
         })
     }
-}
-
-/// HMAC-SHA256 as RFC 2104 defines it.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
 }
 
 /// Hex digits, either case, an even number of them.
